@@ -1,0 +1,1 @@
+"""Analyses: curvature (Hessian spectra), loss landscapes, gradient cosines, robustness."""

@@ -1,0 +1,1 @@
+"""matplotlib figures made from stored (HDF5) results."""

@@ -1,0 +1,28 @@
+"""Per-epoch training history (``<run>/history.h5``).
+
+One dataset per column, each of shape (epochs,): ``epoch``, ``train_loss``, ``train_acc``,
+``test_loss``, ``test_acc`` (accuracies in [0, 1]), ``lr`` (at the end of the epoch),
+``epoch_seconds``. Root attributes hold the run's configuration as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from .h5io import open_h5, write_atomic
+
+COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds")
+
+
+def write_history(path: str | os.PathLike, history: dict[str, list[float]], config: dict[str, Any]) -> None:
+    write_atomic(path, {k: np.asarray(history[k], dtype=np.float64) for k in COLUMNS},
+                 {"config": json.dumps(config), "kind": "history"})
+
+
+def read_history(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    with open_h5(path) as f:
+        return {k: f[k][()] for k in COLUMNS if k in f}
