@@ -57,3 +57,11 @@ def test_bad_names_are_clear_errors():
         build_model(ModelSpec("no_such_module:f", num_classes=10))
     with pytest.raises(UserError, match="arch-kwargs"):
         build_model(ModelSpec("mlp", num_classes=10, kwargs={"nonsense": 1}))
+
+
+def test_timm_models_by_name():
+    model = build_model(ModelSpec("timm:resnet10t", num_classes=5, in_channels=1, image_size=32)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 32, 32)).shape == (2, 5)
+    with pytest.raises(UserError, match="timm has no model"):
+        build_model(ModelSpec("timm:not-a-model", num_classes=5))

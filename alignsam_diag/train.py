@@ -1,0 +1,311 @@
+"""The training loop.
+
+It drives any optimizer from :mod:`alignsam_diag.optim` through ``step(closure)``: the
+closure computes the loss on the batch it is asked for (``"train"`` or ``"aux"``) and calls
+``backward()``; the optimizer decides how many passes to make. The loop never knows which
+variant it runs.
+
+Randomness is keyed by (seed, epoch): the epoch's sample order, the auxiliary-batch order and
+the augmentation draws come from generators seeded from those two numbers, so a run resumed
+from the checkpoint at the end of epoch e replays epoch e+1 exactly as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import optim
+from .data import ArrayDataset, DataSpec, DataSplits, fixed_batches, load_data
+from .data.augment import pad_crop_flip
+from .errors import DivergedError, UserError
+from .models import ModelSpec, build_model
+from .models.checkpoint import read_file, save_checkpoint
+from .progress import ProgressFn, report
+from .store.history import COLUMNS, write_history
+
+
+@dataclass
+class TrainConfig:
+    """A training run. ``hyper`` holds the optimizer variant's own hyper-parameters (rho, lam...);
+    ``aux_batch_size`` None means |B^t|/4 (the paper's setting) for variants that need one."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    arch: str = "cnn-small"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    optimizer: str = "sgd"
+    base: str = "sgd"
+    hyper: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 128
+    aux_batch_size: Optional[int] = None
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    seed: int = 0
+    amp: Optional[str] = None
+    save_every: int = 0
+    eval_batch_size: int = 1024
+
+    def validate(self) -> None:
+        """Raise a :class:`UserError` naming the first invalid option."""
+        checks = [
+            (self.epochs >= 1, f"--epochs {self.epochs}: must be at least 1."),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1."),
+            (self.aux_batch_size is None or self.aux_batch_size >= 1,
+             f"--aux-batch-size {self.aux_batch_size}: must be at least 1."),
+            (self.lr > 0, f"--lr {self.lr}: must be positive."),
+            (0 <= self.momentum < 1, f"--momentum {self.momentum}: must be in [0, 1)."),
+            (self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be non-negative."),
+            (self.warmup_epochs >= 0, f"--warmup-epochs {self.warmup_epochs}: must be non-negative."),
+            (self.save_every >= 0, f"--save-every {self.save_every}: must be non-negative."),
+            (self.amp in (None, "bf16", "fp16"), f"--amp {self.amp}: choose bf16 (or leave it off)."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        fields["data"] = DataSpec.from_dict(dict(d["data"]))
+        return cls(**fields)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns. metrics: the last epoch's row of ``history``."""
+
+    metrics: dict[str, float]
+    history: dict[str, list[float]]
+    run_dir: Path
+
+
+def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A CPU generator for one (seed, epoch, stream); streams: 0 order, 1 aux order,
+    2 train augmentation, 3 aux augmentation."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 4 + stream) % (2 ** 63))
+
+
+def cosine_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR factor: linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+class BatchStream:
+    """The batches of one epoch: train batches in a seeded order and, on request, auxiliary
+    batches drawn from their own seeded order, independent of the train batches."""
+
+    def __init__(self, data: ArrayDataset, config: TrainConfig, epoch: int, augment: bool) -> None:
+        self.data, self.augment = data, augment
+        n = len(data)
+        self.order = torch.randperm(n, generator=epoch_generator(config.seed, epoch, 0)).to(data.y.device)
+        self.batch_size = config.batch_size
+        self.aux_size = config.aux_batch_size or max(1, config.batch_size // 4)
+        self.aux_gen = epoch_generator(config.seed, epoch, 1)
+        self.aux_order = torch.empty(0, dtype=torch.long)
+        self.train_aug = epoch_generator(config.seed, epoch, 2)
+        self.aux_aug = epoch_generator(config.seed, epoch, 3)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.data) / self.batch_size)
+
+    def _take(self, index: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.data.x[index]
+        return (pad_crop_flip(x, gen) if self.augment else x), self.data.y[index]
+
+    def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self.data), self.batch_size):
+            yield self._take(self.order[start:start + self.batch_size], self.train_aug)
+
+    def aux_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next |B^a| samples of a seeded permutation (a fresh one when it runs out)."""
+        if len(self.aux_order) < self.aux_size:
+            fresh = torch.randperm(len(self.data), generator=self.aux_gen)
+            self.aux_order = torch.cat([self.aux_order, fresh])
+        index, self.aux_order = self.aux_order[:self.aux_size], self.aux_order[self.aux_size:]
+        return self._take(index.to(self.data.y.device), self.aux_aug)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ArrayDataset, batch_size: int, amp: Optional[str] = None) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (in [0, 1]) of ``model`` in eval mode on ``data``."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=data.y.device)
+    correct = torch.zeros((), dtype=torch.long, device=data.y.device)
+    for x, y in fixed_batches(data, batch_size):
+        with _autocast(amp, x.device):
+            out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
+    model.train(was_training)
+    return loss_sum.item() / len(data), correct.item() / len(data)
+
+
+def _autocast(amp: Optional[str], device: torch.device) -> Any:
+    if amp is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
+
+
+class Run:
+    """One training run: model, optimizer, scheduler and history, checkpointed per epoch."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device,
+                 data: Optional[DataSplits] = None) -> None:
+        config.validate()
+        self.config, self.run_dir, self.device = config, Path(run_dir), device
+        self.data = data or load_data(config.data, device)
+        torch.manual_seed(config.seed)
+        self.spec = ModelSpec(config.arch, self.data.num_classes, self.data.in_channels,
+                              self.data.image_size, dict(config.arch_kwargs))
+        self.model = build_model(self.spec).to(device)
+        self.optimizer = optim.create(config.optimizer, self.model.parameters(), base=config.base,
+                                      lr=config.lr, momentum=config.momentum,
+                                      weight_decay=config.weight_decay, model=self.model,
+                                      amp=config.amp, **config.hyper)
+        if config.aux_batch_size is not None and not self.optimizer.needs_aux:
+            raise UserError(f"--aux-batch-size is only used by variants with an auxiliary batch "
+                            f"(align-sam, align-asam), not {config.optimizer}.")
+        steps_per_epoch = math.ceil(len(self.data.train) / config.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, cosine_schedule(config.epochs * steps_per_epoch,
+                                            round(config.warmup_epochs * steps_per_epoch)))
+        self.epoch, self.step = 0, 0
+        self.history: dict[str, list[float]] = {k: [] for k in COLUMNS}
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "state_dict": self.model.state_dict(),
+            "model": self.spec.to_dict(),
+            "data": self.config.data.to_dict(),
+            "optimizer": {"name": self.config.optimizer, "base": self.config.base,
+                          "lr": self.config.lr, "momentum": self.config.momentum,
+                          "weight_decay": self.config.weight_decay, "hyper": dict(self.config.hyper)},
+            "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict(),
+            "config": self.config.to_dict(),
+            "epoch": self.epoch, "step": self.step,
+            "metrics": {k: v[-1] for k, v in self.history.items() if v},
+            "history": self.history,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+        }
+
+    def restore(self, path: Path) -> None:
+        """Continue from checkpoint ``path`` written by this loop."""
+        ckpt = read_file(path)
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        self.scheduler.load_state_dict(ckpt["scheduler_state"])
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.history = {k: list(ckpt["history"][k]) for k in COLUMNS}
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if self.device.type == "cuda" and ckpt["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+    def train_epoch(self, progress: Optional[ProgressFn]) -> tuple[float, float]:
+        """One epoch; returns the mean train loss and accuracy of the clean (unperturbed) passes."""
+        cfg, model = self.config, self.model
+        model.train()
+        stream = BatchStream(self.data.train, cfg, self.epoch, self.data.augment)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen, start, last_report = 0, time.perf_counter(), 0.0
+        for i, (x, y) in enumerate(stream.train_batches()):
+            first: list[torch.Tensor] = []
+
+            def closure(which: str = "train") -> torch.Tensor:
+                bx, by = (x, y) if which == "train" else stream.aux_batch()
+                with _autocast(cfg.amp, bx.device):
+                    out = model(bx)
+                    loss = F.cross_entropy(out.float(), by)
+                if which == "train" and not first:
+                    first.append(loss.detach())
+                    first.append((out.argmax(1) == by).sum())
+                loss.backward()
+                return loss
+
+            self.optimizer.step(closure)
+            self.scheduler.step()
+            self.step += 1
+            loss_sum += first[0].double() * len(y)
+            correct += first[1]
+            seen += len(y)
+            now = time.perf_counter()
+            if now - last_report > 0.25 or i + 1 == len(stream):
+                last_report = now
+                loss_value = loss_sum.item() / seen
+                if not math.isfinite(loss_value):
+                    raise DivergedError(f"the training loss became {loss_value} in epoch {self.epoch + 1}, "
+                                        f"step {self.step}; lower --lr (or --rho). The last good checkpoint "
+                                        f"is kept in {self.run_dir}.")
+                report(progress, "train", i + 1, len(stream), epoch=self.epoch + 1,
+                       loss=loss_value, acc=correct.item() / seen, img_per_s=seen / (now - start))
+        return loss_sum.item() / seen, correct.item() / seen
+
+    def run(self, progress: Optional[ProgressFn] = None) -> TrainResult:
+        cfg = self.config
+        while self.epoch < cfg.epochs:
+            start = time.perf_counter()
+            train_loss, train_acc = self.train_epoch(progress)
+            seconds = time.perf_counter() - start
+            test_loss, test_acc = evaluate(self.model, self.data.test, cfg.eval_batch_size, cfg.amp)
+            self.epoch += 1
+            row = {"epoch": self.epoch, "train_loss": train_loss, "train_acc": train_acc,
+                   "test_loss": test_loss, "test_acc": test_acc,
+                   "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds}
+            for k, v in row.items():
+                self.history[k].append(float(v))
+            report(progress, "epoch", self.epoch, cfg.epochs, **row)
+            self.save()
+        return TrainResult({k: v[-1] for k, v in self.history.items() if v}, self.history, self.run_dir)
+
+    def save(self) -> None:
+        payload = self.checkpoint_payload()
+        if self.config.save_every and self.epoch % self.config.save_every == 0:
+            save_checkpoint(self.run_dir / f"epoch_{self.epoch:03d}.pt", payload)
+        save_checkpoint(self.run_dir / "last.pt", payload)
+        write_history(self.run_dir / "history.h5", self.history, self.config.to_dict())
+
+
+def train(config: TrainConfig, run_dir: str | Path, device: str | torch.device = "cpu",
+          resume: bool = False, progress: Optional[ProgressFn] = None) -> TrainResult:
+    """Train ``config`` into ``run_dir`` (checkpoints + history.h5).
+
+    With ``resume``, continue from ``run_dir/last.pt``; the stored configuration is used, except
+    that ``config.epochs`` may extend the run. A NaN/inf loss raises :class:`DivergedError` and
+    leaves the last good checkpoint in place.
+    """
+    run_dir = Path(run_dir)
+    device = torch.device(device)
+    last = run_dir / "last.pt"
+    if resume:
+        if not last.exists():
+            raise UserError(f"--resume: no {last}; start the run without --resume.")
+        stored = TrainConfig.from_dict(read_file(last)["config"])
+        stored.epochs = config.epochs
+        run = Run(stored, run_dir, device)
+        run.restore(last)
+    else:
+        if last.exists():
+            raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out.")
+        run = Run(config, run_dir, device)
+    return run.run(progress)

@@ -1,0 +1,46 @@
+"""The ``alignsam-diag`` command: a registry of command modules, plus error handling.
+
+A :class:`~alignsam_diag.errors.UserError` becomes one line on stderr and exit code 2; any
+other exception is a bug and says so in one line (exit 1). ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import typer
+
+from alignsam_diag import __version__
+
+from . import figures, inspect_cmd, train
+from .common import debug_mode, handle_errors
+
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "train": train.train,
+    "inspect": inspect_cmd.inspect,
+}
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train with SGD or any SAM-family optimizer (Align-SAM included) and run the "
+                       "Align-SAM paper's diagnostics. Every command has --help.")
+for _name, _command in COMMANDS.items():
+    app.command(_name)(handle_errors(_command))
+app.add_typer(figures.app, name="figures")
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"alignsam-diag {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+         version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    debug_mode["on"] = debug
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,131 @@
+"""What every command module shares: option types, device choice, JSON output, the Rich
+progress bar that fills the library's progress callback, and analysis-input loading."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterator, Optional
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from alignsam_diag.data import DataSpec
+from alignsam_diag.errors import UserError
+from alignsam_diag.inputs import AnalysisInputs, load_inputs
+from alignsam_diag.progress import ProgressFn, ProgressUpdate
+
+console = Console(stderr=True)
+debug_mode = {"on": False}  # set by the root callback's --debug
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one clear line and a non-zero exit (traceback with --debug).
+
+    A :class:`UserError` exits with 2, an interrupt with 130 (finished work is kept), anything
+    else is a bug: one line, exit 1."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except UserError as err:
+            if debug_mode["on"]:
+                raise
+            sys.stderr.write(f"error: {err}\n")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted; finished work is saved — rerun the same command to continue.\n")
+            raise typer.Exit(130) from None
+        except Exception as err:  # a bug, not a user mistake
+            if debug_mode["on"]:
+                raise
+            sys.stderr.write(f"internal error: {type(err).__name__}: {err}. Rerun with --debug for the "
+                             "traceback and please report it.\n")
+            raise typer.Exit(1) from None
+    return run
+
+# Options shared by several commands (Annotated, so each command declares them in one line).
+Dataset = Annotated[Optional[str], typer.Option(
+    "--dataset", help="digits | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | npz:PATH "
+                      "(default for analyses: the data set stored in the checkpoint).")]
+DataRoot = Annotated[Optional[str], typer.Option("--data-root", help="Folder holding the data set's files.")]
+Arch = Annotated[Optional[str], typer.Option(
+    "--arch", "--model", help="Architecture name, timm:NAME, or package.module:factory.")]
+ArchKwargs = Annotated[Optional[str], typer.Option("--arch-kwargs", help="JSON object of extra model arguments.")]
+NumClasses = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of a third-party checkpoint's head.")]
+Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow full unpickling (can run code in the file!).")]
+Device = Annotated[str, typer.Option("--device", help="cpu | cuda | auto")]
+Split = Annotated[str, typer.Option("--split", help="train | test")]
+Samples = Annotated[int, typer.Option("--samples", help="Number of samples (seeded subset of the split).")]
+Full = Annotated[bool, typer.Option("--full", help="Use the whole split instead of --samples.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Samples per forward pass.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for the sample subset and random directions.")]
+Json = Annotated[bool, typer.Option("--json", help="Print results as JSON on stdout.")]
+Checkpoints = Annotated[list[Path], typer.Argument(help="Checkpoint files (ours or third-party).")]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"--device {name}: choose cpu, cuda or auto.")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu.")
+    return torch.device(name)
+
+
+def parse_json_object(text: Optional[str], option: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{option} {text!r}: not valid JSON ({err.msg}).") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{option} must be a JSON object like '{{\"small_input\": true}}'.")
+    return value
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def load_analysis_inputs(checkpoint: Path, *, dataset: Optional[str], data_root: Optional[str],
+                         arch: Optional[str], arch_kwargs: Optional[str], num_classes: Optional[int],
+                         trust: bool, split: str, samples: int, full: bool, seed: int,
+                         batch_size: int, device: torch.device) -> AnalysisInputs:
+    """The model in ``checkpoint`` and the fixed samples an analysis runs on, from CLI options."""
+    return load_inputs(checkpoint, data=DataSpec(dataset, data_root) if dataset else None,
+                       data_root=data_root, split=split, samples=None if full else samples, seed=seed,
+                       batch_size=batch_size, arch=arch, num_classes=num_classes,
+                       arch_kwargs=parse_json_object(arch_kwargs, "--arch-kwargs"), trust=trust,
+                       device=device)
+
+
+def _format_info(info: dict[str, float | str]) -> str:
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[ProgressFn]:
+    """A Rich progress bar on stderr; yields the callback to hand to library functions.
+    One bar per task name; the update's ``info`` is shown next to it."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=console, disable=not enabled, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(u: ProgressUpdate) -> None:
+            if u.task not in tasks:
+                tasks[u.task] = bar.add_task(u.task, total=u.total, info="")
+            bar.update(tasks[u.task], completed=u.completed, total=u.total, info=_format_info(u.info))
+
+        yield update

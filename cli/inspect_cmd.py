@@ -1,0 +1,56 @@
+"""``alignsam-diag inspect``: what is inside a checkpoint (ours or a third party's)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from alignsam_diag.models.checkpoint import load_checkpoint
+from alignsam_diag.models.summary import CheckpointSummary, summarise
+
+from .common import Arch, ArchKwargs, Json, NumClasses, Trust, parse_json_object, print_json
+
+
+def _render(path: Path, s: CheckpointSummary) -> None:
+    out = Console()
+    out.print(f"[bold]{path}[/bold]  ({s.source})")
+    out.print(f"architecture {s.arch}: {s.num_classes} classes, {s.in_channels} input channels, "
+              f"{s.image_size}px; {s.parameters:,} parameters")
+    layers = Table("layer type", "parameters", "share", title="parameters by layer type", title_justify="left")
+    for name, n in s.parameters_by_layer.items():
+        layers.add_row(name, f"{n:,}", f"{n / s.parameters:.1%}")
+    out.print(layers)
+    if s.meta:
+        meta = Table("key", "value", title="stored metadata", title_justify="left")
+        for key, value in s.meta.items():
+            meta.add_row(key, str(value))
+        out.print(meta)
+    if s.history:
+        columns = [c for c in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr") if c in s.history]
+        hist = Table(*columns, title="training history", title_justify="left")
+        for row in zip(*(s.history[c] for c in columns)):
+            hist.add_row(*(f"{int(v)}" if c == "epoch" else f"{v:.4g}" for c, v in zip(columns, row)))
+        out.print(hist)
+
+
+def inspect(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: ours, a state dict (.pt/.pth/.bin), safetensors or Lightning .ckpt.")],
+    arch: Arch = None,
+    num_classes: NumClasses = None,
+    arch_kwargs: ArchKwargs = None,
+    trust_checkpoint: Trust = False,
+    json_out: Json = False,
+) -> None:
+    """Show a checkpoint's architecture, parameter counts by layer type, metadata and history."""
+    ckpt = load_checkpoint(checkpoint, arch=arch, num_classes=num_classes,
+                           arch_kwargs=parse_json_object(arch_kwargs, "--arch-kwargs"), trust=trust_checkpoint)
+    summary = summarise(ckpt)
+    if json_out:
+        print_json({"checkpoint": str(checkpoint), **dataclasses.asdict(summary)})
+    else:
+        _render(checkpoint, summary)
