@@ -67,7 +67,9 @@ class TrainConfig:
             (self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be non-negative."),
             (self.warmup_epochs >= 0, f"--warmup-epochs {self.warmup_epochs}: must be non-negative."),
             (self.save_every >= 0, f"--save-every {self.save_every}: must be non-negative."),
-            (self.amp in (None, "bf16", "fp16"), f"--amp {self.amp}: choose bf16 (or leave it off)."),
+            (self.amp in (None, "bf16"), f"--amp {self.amp}: only bf16 autocast is supported (fp16 would need "
+                                         "a GradScaler, which cannot unscale the several passes of SAM-family "
+                                         "steps); use --amp bf16."),
         ]
         for ok, message in checks:
             if not ok:
@@ -231,9 +233,12 @@ class Run:
         seen, start, last_report = 0, time.perf_counter(), 0.0
         for i, (x, y) in enumerate(stream.train_batches()):
             first: list[torch.Tensor] = []
+            aux: list[tuple[torch.Tensor, torch.Tensor]] = []  # one B^a per step, drawn on first use
 
             def closure(which: str = "train") -> torch.Tensor:
-                bx, by = (x, y) if which == "train" else stream.aux_batch()
+                if which == "aux" and not aux:
+                    aux.append(stream.aux_batch())
+                bx, by = (x, y) if which == "train" else aux[0]
                 with _autocast(cfg.amp, bx.device):
                     out = model(bx)
                     loss = F.cross_entropy(out.float(), by)

@@ -117,10 +117,11 @@ def _format_info(info: dict[str, float | str]) -> str:
 @contextlib.contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[ProgressFn]:
     """A Rich progress bar on stderr; yields the callback to hand to library functions.
-    One bar per task name; the update's ``info`` is shown next to it."""
+    One bar per task name; the update's ``info`` is shown next to it. The bar disappears when
+    the work ends, so an error message stays the only line."""
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-    with Progress(*columns, console=console, disable=not enabled, transient=False) as bar:
+    with Progress(*columns, console=console, disable=not enabled, transient=True) as bar:
         tasks: dict[str, Any] = {}
 
         def update(u: ProgressUpdate) -> None:

@@ -14,7 +14,6 @@ from alignsam_diag.train import train as run_training
 from .common import ArchKwargs, DataRoot, Device, Json, parse_json_object, print_json, progress_bar, resolve_device
 
 Opt = typer.Option
-Hyper = Annotated[Optional[float], Opt(show_default=False)]
 
 
 def train(
@@ -31,14 +30,16 @@ def train(
     momentum: Annotated[float, Opt("--momentum")] = 0.9,
     weight_decay: Annotated[float, Opt("--weight-decay")] = 5e-4,
     warmup_epochs: Annotated[float, Opt("--warmup-epochs", help="Linear warm-up before the cosine decay.")] = 0.0,
-    rho: Hyper = None,
-    lam: Annotated[Optional[float], Opt("--lam", help="Align-SAM trade-off λ.", show_default=False)] = None,
+    rho: Annotated[Optional[float], Opt("--rho", help="Perturbation radius ρ (variant defaults: see README).", show_default=False)] = None,
+    lam: Annotated[Optional[float], Opt("--lam", help="Align-SAM's trade-off λ; Friendly-SAM's averaging λ.", show_default=False)] = None,
     aux_batch_size: Annotated[Optional[int], Opt("--aux-batch-size", help="Align-SAM |B^a| (default |B^t|/4).", show_default=False)] = None,
-    alpha: Hyper = None,
-    k: Annotated[Optional[int], Opt("--k", show_default=False)] = None,
-    theta: Hyper = None,
-    sigma: Hyper = None,
-    eta: Hyper = None,
+    alpha: Annotated[Optional[float], Opt("--alpha", help="GSAM's, LookSAM's or Lookbehind-SAM's α.", show_default=False)] = None,
+    k: Annotated[Optional[int], Opt("--k", help="LookSAM's or Lookbehind-SAM's k.", show_default=False)] = None,
+    theta: Annotated[Optional[float], Opt("--theta", help="VaSSO's θ.", show_default=False)] = None,
+    sigma: Annotated[Optional[float], Opt("--sigma", help="Friendly-SAM's σ.", show_default=False)] = None,
+    eta: Annotated[Optional[float], Opt("--eta", help="ASAM's η.", show_default=False)] = None,
+    rho_min: Annotated[Optional[float], Opt("--rho-min", help="GSAM's smallest radius.", show_default=False)] = None,
+    adaptive_alpha: Annotated[Optional[bool], Opt("--adaptive-alpha/--fixed-alpha", help="Lookbehind-SAM's adaptive α.", show_default=False)] = None,
     augment: Annotated[Optional[bool], Opt("--augment/--no-augment", help="The paper's CIFAR augmentation (default: on for CIFAR).", show_default=False)] = None,
     label_noise: Annotated[float, Opt("--label-noise", help="Fraction of training labels flipped (symmetric).")] = 0.0,
     subset: Annotated[Optional[int], Opt("--subset", help="Train on a seeded subset of N samples.", show_default=False)] = None,
@@ -52,7 +53,8 @@ def train(
 ) -> None:
     """Train a model; write <out>/last.pt, epoch_NNN.pt and history.h5."""
     hyper = {name: value for name, value in
-             dict(rho=rho, lam=lam, alpha=alpha, k=k, theta=theta, sigma=sigma, eta=eta).items()
+             dict(rho=rho, lam=lam, alpha=alpha, k=k, theta=theta, sigma=sigma, eta=eta, rho_min=rho_min,
+                  adaptive_alpha=adaptive_alpha).items()
              if value is not None}
     config = TrainConfig(
         data=DataSpec(dataset, data_root, subset, label_noise, seed, augment, download=download),

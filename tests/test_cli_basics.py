@@ -33,6 +33,10 @@ BAD_INPUTS = [
     (["train", "--label-noise", "1.5"], "--label-noise 1.5"),
     (["train", "--epochs", "0"], "--epochs"),
     (["train", "--lr", "1e9", "--epochs", "1"], "lower --lr"),
+    (["train", "--optimizer", "sam", "--theta", "0.5"], "sam does not take --theta"),
+    (["train", "--optimizer", "sam", "--amp", "fp16"], "use --amp bf16"),
+    (["train", "--optimizer", "sgd", "--aux-batch-size", "8"], "--aux-batch-size"),
+    (["train", "--optimizer", "adamax"], "unknown optimizer"),
     (["inspect", "/nonexistent/model.pt"], "no such checkpoint"),
 ]
 

@@ -58,9 +58,8 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     run.run()
     good = read_file(tmp_path / "last.pt")
     run.config.epochs = 2
-    for group in run.optimizer.param_groups:
-        group["lr"] = 1e12
-    run.scheduler.base_lrs = [1e12]
+    run.scheduler.base_lrs = [1e30]
+    run.scheduler.lr_lambdas = [lambda step: 1.0]
     with pytest.raises(DivergedError, match="lower --lr"):
         run.run()
     kept = read_file(tmp_path / "last.pt")
@@ -96,3 +95,21 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, cli, cli_env):
     assert json.loads(done.stdout)["epoch"] == 3
     straight, resumed = _final_state(tmp_path / "straight"), _final_state(victim)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_align_sam_draws_one_aux_batch_per_step_of_the_right_size(tmp_path, monkeypatch):
+    from alignsam_diag.train import BatchStream
+    draws = []
+    real = BatchStream.aux_batch
+
+    def spy(self):
+        batch = real(self)
+        draws.append(len(batch[1]))
+        return batch
+    monkeypatch.setattr(BatchStream, "aux_batch", spy)
+    cfg = TrainConfig(data=DataSpec("digits"), arch="cnn-small", optimizer="align-sam", epochs=6,
+                      batch_size=64, lr=0.05)
+    result = train(cfg, tmp_path)
+    assert draws == [16] * (6 * 23)  # |B^a| = |B^t|/4, one B^a per step for both aux passes
+    assert result.metrics["test_acc"] >= 0.95
+    assert read_file(tmp_path / "last.pt")["optimizer"]["hyper"] == {}
