@@ -14,11 +14,13 @@ import typer
 from alignsam_diag import __version__
 
 from . import figures, inspect_cmd, train
+from . import landscape as landscape_cmd
 from .common import debug_mode, handle_errors
 
 COMMANDS: dict[str, Callable[..., Any]] = {
     "train": train.train,
     "inspect": inspect_cmd.inspect,
+    "landscape": landscape_cmd.landscape,
 }
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

@@ -13,6 +13,7 @@ from alignsam_diag.plots.save import save_figure
 from alignsam_diag.store.history import read_history
 
 from .common import handle_errors
+from .figures_landscape import landscape_figure
 
 
 def history(
@@ -29,6 +30,7 @@ def history(
 
 SUBCOMMANDS: dict[str, Callable[..., Any]] = {
     "history": history,
+    "landscape": landscape_figure,
 }
 
 app = typer.Typer(no_args_is_help=True, help="Figures and tables from stored HDF5 results.")

@@ -1,5 +1,5 @@
-"""Shared test settings: float32 default, one intra-op thread per test process for
-repeatable timings on small CI machines."""
+"""Shared test settings: one intra-op thread in the test process (small models are far
+slower with more threads on a busy 2-core machine) and helpers to run the CLI."""
 
 import os
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 

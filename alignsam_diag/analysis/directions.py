@@ -1,0 +1,180 @@
+"""Directions in parameter space along which a loss landscape is drawn.
+
+A :class:`Direction` holds one tensor per model parameter, in ``model.named_parameters()``
+order, with the parameter's name and shape; parameters it does not move hold zeros.
+
+Three sources:
+
+- :func:`random_directions` — Li et al. (2018): a Gaussian tensor per parameter, drawn on the
+  CPU from a seeded generator (the same seed gives the same draws on any device), then
+  normalised to the model's weights: ``filter`` scales each output filter ``d_i`` (slice
+  ``d[i]`` of a tensor with ≥ 2 dims) to ``‖w_i‖``, ``layer`` scales each tensor to ``‖w‖``,
+  ``none`` keeps the raw draw. One-dimensional tensors (biases, BatchNorm) are zeroed
+  (``ignore_biasbn``), or else — as in Li et al.'s ``net_plotter`` — set to the weights
+  themselves under ``filter``/``layer`` normalisation.
+- :func:`interpolation_direction` — the difference ``θ_end − θ_start`` between two checkpoints.
+- :func:`eigenvector_directions` — top Hessian eigenvectors saved by ``eigs``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+NORMS = ("filter", "layer", "none")
+
+
+@dataclass
+class Direction:
+    """names[i] is a parameter name, tensors[i] (float32) has that parameter's shape."""
+
+    names: list[str]
+    tensors: list[torch.Tensor]
+
+    def flat(self) -> torch.Tensor:
+        """All entries as one float32 CPU vector of length P = Σ numel, in ``names`` order."""
+        return torch.cat([t.detach().reshape(-1).float().cpu() for t in self.tensors])
+
+    def to(self, device: torch.device | str, dtype: Optional[torch.dtype] = None) -> "Direction":
+        return Direction(list(self.names), [t.to(device=device, dtype=dtype or t.dtype) for t in self.tensors])
+
+    def norm(self) -> float:
+        return float(torch.linalg.vector_norm(self.flat()))
+
+
+def parameter_shapes(model: nn.Module) -> list[tuple[str, torch.Size]]:
+    return [(name, p.shape) for name, p in model.named_parameters()]
+
+
+def split_flat(model: nn.Module, names: Sequence[str], vector: torch.Tensor | np.ndarray,
+               source: str = "the stored direction") -> Direction:
+    """The :class:`Direction` of ``model`` whose entries for ``names`` (in order) are ``vector``
+    (length Σ numel over ``names``); the model's other parameters get zeros."""
+    vector = torch.as_tensor(np.asarray(vector), dtype=torch.float32)
+    shapes = dict(parameter_shapes(model))
+    unknown = [n for n in names if n not in shapes]
+    if unknown:
+        raise UserError(f"{source} names parameters the model does not have ({', '.join(unknown[:3])}); "
+                        "it was made for another architecture.")
+    expected = sum(shapes[n].numel() for n in names)
+    if vector.numel() != expected:
+        raise UserError(f"{source} has {vector.numel()} entries but the model's parameters "
+                        f"{names[0]}…{names[-1]} have {expected}; it was made for another model.")
+    pieces = dict(zip(names, torch.split(vector, [shapes[n].numel() for n in names])))
+    return Direction([n for n in shapes], [pieces[n].reshape(s).clone() if n in pieces else torch.zeros(s)
+                                           for n, s in shapes.items()])
+
+
+def _normalise(d: torch.Tensor, w: torch.Tensor, norm: str, ignore_biasbn: bool) -> torch.Tensor:
+    """Li et al.'s ``normalize_directions_for_weights`` for one tensor (``d`` is changed in place)."""
+    w = w.detach().float().cpu()
+    if d.dim() <= 1:
+        if ignore_biasbn:
+            return d.zero_()
+        return d if norm == "none" else d.copy_(w)
+    if norm == "filter":
+        d_rows, w_rows = d.view(d.shape[0], -1), w.reshape(w.shape[0], -1)
+        d_rows.mul_((w_rows.norm(dim=1) / (d_rows.norm(dim=1) + 1e-10)).unsqueeze(1))
+    elif norm == "layer":
+        d.mul_(w.norm() / (d.norm() + 1e-10))
+    return d
+
+
+def random_directions(model: nn.Module, seed: int, count: int = 2, norm: str = "filter",
+                      ignore_biasbn: bool = True) -> list[Direction]:
+    """``count`` seeded random directions for ``model`` (on the CPU; see the module docstring).
+
+    The Gaussian draws depend only on ``seed`` and the parameter shapes, so models of the same
+    architecture (SGD, SAM, Align-SAM checkpoints) get the same draws, each normalised to its
+    own weights. Direction k uses the generator after directions 0..k-1 were drawn."""
+    if norm not in NORMS:
+        raise UserError(f"--norm {norm}: choose one of {', '.join(NORMS)}.")
+    generator = torch.Generator().manual_seed(seed)
+    named = list(model.named_parameters())
+    directions = []
+    for _ in range(count):
+        tensors = [_normalise(torch.randn(p.shape, generator=generator), p, norm, ignore_biasbn) for _, p in named]
+        directions.append(Direction([n for n, _ in named], tensors))
+    return directions
+
+
+def interpolation_direction(model: nn.Module, target: Mapping[str, torch.Tensor]) -> Direction:
+    """``θ_target − θ_model`` for every parameter of ``model``; ``target`` maps the same parameter
+    names to tensors of the same shapes (e.g. another checkpoint's ``state_dict()``), so x = 1
+    on this direction is the target model (its buffers excepted)."""
+    tensors = []
+    for name, p in model.named_parameters():
+        other = target.get(name)
+        if other is None or other.shape != p.shape:
+            raise UserError(f"the interpolation target has no parameter {name} of shape {tuple(p.shape)}; "
+                            "both checkpoints must have the same architecture.")
+        tensors.append(other.detach().float().cpu() - p.detach().float().cpu())
+    return Direction([n for n, _ in model.named_parameters()], tensors)
+
+
+def eigenvector_directions(model: nn.Module, path: str | os.PathLike, count: int = 2,
+                           checkpoint: Optional[str] = None) -> list[Direction]:
+    """The top ``count`` Hessian eigenvectors stored by ``eigs --save-vectors`` in ``path`` (unit
+    length, so coordinates are distances in parameter space): those of ``checkpoint``, or of the
+    file's only checkpoint."""
+    from ..store.spectrum import read_eigenvectors
+
+    try:
+        names, vectors = read_eigenvectors(path, checkpoint)
+    except UserError:
+        if checkpoint is None:
+            raise
+        names, vectors = read_eigenvectors(path, None)  # a file of one checkpoint, stored under another path
+    if vectors.shape[0] < count:
+        raise UserError(f"{path}: holds {vectors.shape[0]} eigenvector(s) but {count} are needed; "
+                        f"rerun eigs with --save-vectors and at least {count} eigenvalues.")
+    return [split_flat(model, list(names), vectors[i], f"{path}: eigenvector {i + 1}") for i in range(count)]
+
+
+def _same_file(a: Optional[str], b: Optional[str]) -> bool:
+    return a is not None and b is not None and os.path.realpath(a) == os.path.realpath(b)
+
+
+def directions_from_source(model: nn.Module, source: str, count: int, seed: int, norm: str = "filter",
+                           ignore_biasbn: bool = True, checkpoint: Optional[str] = None,
+                           group: Optional[str] = None) -> list[Direction]:
+    """The ``count`` directions named by ``source`` (the ``--directions`` option):
+
+    ``random`` — :func:`random_directions`;
+    ``interpolate:CKPT`` — towards checkpoint CKPT, then (2-D) a seeded random direction;
+    ``eigs:FILE.h5`` — the top eigenvectors stored by ``eigs`` for ``checkpoint`` (or the
+    file's only checkpoint);
+    ``surface:FILE.h5`` — the directions stored in an earlier landscape file, to re-evaluate,
+    refine or extend its surface: those of the surface named ``group`` or computed for
+    ``checkpoint``, else of the file's only surface."""
+    kind, _, argument = source.partition(":")
+    if kind == "random" and not argument:
+        return random_directions(model, seed, count, norm, ignore_biasbn)
+    if kind == "interpolate" and argument:
+        from ..models.checkpoint import load_checkpoint
+
+        target = load_checkpoint(argument).model.state_dict()
+        return [interpolation_direction(model, target)] + random_directions(model, seed, count - 1, norm, ignore_biasbn)
+    if kind == "eigs" and argument:
+        return eigenvector_directions(model, argument, count, checkpoint)
+    if kind == "surface" and argument:
+        from ..store.landscape import read_landscape
+
+        stored = read_landscape(argument)
+        same = [g for g in stored.groups if g.name == group or _same_file(g.checkpoint, checkpoint)]
+        if not same and len(stored.groups) > 1:
+            raise UserError(f"{argument} holds no surface of {checkpoint or group}; it holds "
+                            f"{', '.join(g.checkpoint for g in stored.groups)}.")
+        chosen = (same or stored.groups)[0]
+        if chosen.directions is None or len(chosen.directions) < count:
+            raise UserError(f"{argument}: surface {chosen.name!r} holds no {count}-D directions yet.")
+        return [split_flat(model, chosen.direction_names, row, f"{argument}: {chosen.name}")
+                for row in chosen.directions[:count]]
+    raise UserError(f"--directions {source}: choose random, interpolate:CKPT, eigs:FILE.h5 or surface:FILE.h5.")

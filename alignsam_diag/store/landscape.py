@@ -1,0 +1,264 @@
+"""Loss-landscape surfaces (``landscape`` command): the result types — :class:`LandscapeSpec`
+(the options), :class:`Grid`, :class:`Surface` — and their HDF5 layout.
+
+One file holds the surfaces of one or more checkpoints, all computed with the same options::
+
+    /                         attrs: kind="landscape", spec (JSON: grid, ranges, directions,
+                              seed, norm, data...), checkpoints (JSON list of group names)
+    /surfaces/<name>/         one group per checkpoint; attrs: checkpoint (its path), spec,
+                              params_sha256 (of θ, to refuse resuming on a changed file),
+                              points_per_pass (grid points per forward, kept on resume)
+        xcoordinates (nx,)    float64
+        ycoordinates (ny,)    float64, 2-D surfaces only
+        <split>_loss          float64, (ny, nx) for 2-D, (nx,) for 1-D: mean cross-entropy;
+                              -1 where the cell is not computed yet (Li et al.'s mark)
+        <split>_acc           float64, same shape: accuracy as a fraction in [0, 1]
+        done                  bool, same shape: the cell is computed
+        directions (dim, P)   float32: the directions, flattened over direction_names
+        direction_names       the model's parameter names, in order
+    /xcoordinates, /ycoordinates, /<split>_loss, /<split>_acc
+                              hard links to the first checkpoint's datasets
+
+``<split>`` is ``train`` or ``test``. The root names and their layout are those of Li et al.'s
+``loss-landscape`` surface files, so their ``plot_2D.py``/``plot_1D.py`` read ours (and can be
+pointed at ``/surfaces/<name>`` for the other checkpoints). Orientation: ``loss[i, j]`` is the
+value at (x = xcoordinates[j], y = ycoordinates[i]) — rows follow y, as ``numpy.meshgrid(x, y)``
+lays out the coordinates that ``plot_2D.py`` passes to ``contour(X, Y, Z)`` and as their
+``crunch`` fills the flattened array. (Their code allocates the array as (nx, ny); for the
+square grids it makes the two agree.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..analysis.directions import NORMS
+from ..errors import UserError
+from .h5io import atomic_h5, open_h5
+
+KIND = "landscape"
+
+
+@dataclass
+class Grid:
+    """Cell coordinates: x (nx,), y (ny,) or None for a 1-D line.
+
+    Cell (i, j) of a 2-D grid sits at (x[j], y[i]); its flat index is i·nx + j."""
+
+    x: np.ndarray
+    y: Optional[np.ndarray] = None
+
+    @property
+    def dim(self) -> int:
+        return 1 if self.y is None else 2
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.x),) if self.y is None else (len(self.y), len(self.x))
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def points(self, cells: np.ndarray) -> np.ndarray:
+        """Coordinates (len(cells), dim) of the flat cell indices ``cells``."""
+        cells = np.asarray(cells)
+        if self.y is None:
+            return self.x[cells][:, None]
+        rows, cols = np.divmod(cells, len(self.x))
+        return np.stack([self.x[cols], self.y[rows]], axis=1)
+
+    def origin_cell(self) -> Optional[int]:
+        """Flat index of the cell at the origin (the model itself), or None if no cell is there."""
+        zero_x = np.flatnonzero(self.x == 0)
+        zero_y = np.array([0]) if self.y is None else np.flatnonzero(self.y == 0)
+        if len(zero_x) == 0 or len(zero_y) == 0:
+            return None
+        return int(zero_y[0] * len(self.x) + zero_x[0]) if self.y is not None else int(zero_x[0])
+
+
+@dataclass
+class Surface:
+    """Loss (mean cross-entropy, nats) and accuracy (fraction) at each cell of ``grid``.
+
+    All three arrays have ``grid.shape``; ``loss`` and ``acc`` are NaN where ``done`` is False."""
+
+    grid: Grid
+    loss: np.ndarray
+    acc: np.ndarray
+    done: np.ndarray
+
+    @classmethod
+    def empty(cls, grid: Grid) -> "Surface":
+        return cls(grid, np.full(grid.shape, np.nan), np.full(grid.shape, np.nan), np.zeros(grid.shape, bool))
+
+    def record(self, cells: np.ndarray, loss: np.ndarray, acc: np.ndarray) -> None:
+        """Store the values of the flat cell indices ``cells`` and mark them done."""
+        self.loss.reshape(-1)[cells] = loss
+        self.acc.reshape(-1)[cells] = acc
+        self.done.reshape(-1)[cells] = True
+
+
+@dataclass
+class LandscapeSpec:
+    """Everything that fixes a surface's values; resuming a file requires the same spec.
+
+    dim: 1 or 2. grid: points per axis. xrange, yrange: (low, high) coordinates (y: 2-D only).
+    directions: ``random``, ``interpolate:CKPT``, ``eigs:FILE.h5`` or ``surface:FILE.h5``
+    (see :func:`alignsam_diag.analysis.directions.directions_from_source`); seed, norm,
+    ignore_biasbn: for random ones.
+    data, split, samples (None = the whole split), batch_size: the fixed samples.
+    bn: ``eval`` (stored statistics) or ``recompute`` (re-estimated per point from
+    ``bn_batches`` training batches)."""
+
+    dim: int = 2
+    grid: int = 51
+    xrange: tuple[float, float] = (-1.0, 1.0)
+    yrange: tuple[float, float] = (-1.0, 1.0)
+    directions: str = "random"
+    seed: int = 0
+    norm: str = "filter"
+    ignore_biasbn: bool = True
+    data: Optional[str] = None
+    split: str = "train"
+    samples: Optional[int] = 4096
+    batch_size: int = 512
+    bn: str = "eval"
+    bn_batches: int = 4
+
+    def validate(self) -> None:
+        source, _, argument = self.directions.partition(":")
+        problems = {
+            f"--directions {self.directions}: choose random, interpolate:CKPT, eigs:FILE.h5 or surface:FILE.h5.":
+                not (source == "random" and not argument or source in ("interpolate", "eigs", "surface") and argument),
+            f"--dim {self.dim}: choose 1 or 2.": self.dim not in (1, 2),
+            f"--grid {self.grid}: needs at least 2 points per axis.": self.grid < 2,
+            f"--xrange {self.xrange}: the low end must be below the high end.": not self.xrange[0] < self.xrange[1],
+            f"--yrange {self.yrange}: the low end must be below the high end.": not self.yrange[0] < self.yrange[1],
+            f"--norm {self.norm}: choose one of {', '.join(NORMS)}.": self.norm not in NORMS,
+            f"--split {self.split}: choose train or test.": self.split not in ("train", "test"),
+            f"--bn {self.bn}: choose eval or recompute.": self.bn not in ("eval", "recompute"),
+            f"--bn-batches {self.bn_batches}: must be at least 1.": self.bn_batches < 1,
+        }
+        for message, wrong in problems.items():
+            if wrong:
+                raise UserError(message)
+
+    def make_grid(self) -> Grid:
+        return Grid(_axis(*self.xrange, self.grid), _axis(*self.yrange, self.grid) if self.dim == 2 else None)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready (tuples as lists), as stored in the file."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+def _axis(low: float, high: float, num: int) -> np.ndarray:
+    """``num`` evenly spaced coordinates; one within rounding of 0 is made exactly 0 so that the
+    model itself is a cell."""
+    values = np.linspace(low, high, num)
+    values[np.abs(values) < 1e-9 * (high - low)] = 0.0
+    return values
+
+
+@dataclass
+class StoredSurface:
+    """One checkpoint's group: its surface and what is needed to extend or resume it.
+
+    directions: (dim, P) float32 over ``direction_names`` (None until first computed)."""
+
+    name: str
+    checkpoint: str
+    surface: Surface
+    directions: Optional[np.ndarray] = None
+    direction_names: list[str] = field(default_factory=list)
+    params_sha256: str = ""
+    points_per_pass: int = 0
+
+
+@dataclass
+class LandscapeFile:
+    """The whole file: the options every surface was computed with, and one group per checkpoint."""
+
+    spec: dict[str, Any]
+    groups: list[StoredSurface]
+
+    @property
+    def split(self) -> str:
+        return str(self.spec.get("split", "train"))
+
+    def group(self, name: Optional[str] = None) -> StoredSurface:
+        """The group called ``name``; without a name, the only group."""
+        if name is None and len(self.groups) == 1:
+            return self.groups[0]
+        for g in self.groups:
+            if g.name == name:
+                return g
+        names = ", ".join(g.name for g in self.groups)
+        raise UserError(f"the landscape file has no surface {name!r}; it holds: {names}.")
+
+
+def group_names(checkpoints: Sequence[str | os.PathLike]) -> list[str]:
+    """Readable, unique HDF5 group names for checkpoint paths: the file stem, or
+    ``<folder>-<stem>`` where stems repeat (runs/sgd/last.pt, runs/sam/last.pt -> sgd-last, sam-last)."""
+    paths = [Path(c) for c in checkpoints]
+    names = [p.stem for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{p.parent.name}-{p.stem}" if p.parent.name else p.stem for p in paths]
+    names = [n.replace("/", "_").lstrip(".") or "checkpoint" for n in names]
+    return [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
+
+
+def _write_group(g: Any, stored: StoredSurface, split: str, spec_json: str) -> None:
+    s = stored.surface
+    g.attrs.update(checkpoint=stored.checkpoint, spec=spec_json, params_sha256=stored.params_sha256,
+                   points_per_pass=stored.points_per_pass)
+    g["xcoordinates"] = s.grid.x
+    if s.grid.y is not None:
+        g["ycoordinates"] = s.grid.y
+    g[f"{split}_loss"] = np.where(s.done, s.loss, -1.0)
+    g[f"{split}_acc"] = np.where(s.done, s.acc, -1.0)
+    g["done"] = s.done
+    if stored.directions is not None:
+        g["directions"] = stored.directions.astype(np.float32)
+        g["direction_names"] = np.array(stored.direction_names, dtype=object)
+
+
+def write_landscape(path: str | os.PathLike, landscape: LandscapeFile) -> None:
+    """Write the whole file atomically (a reader sees the previous version or this one)."""
+    split, spec_json = landscape.split, json.dumps(landscape.spec, sort_keys=True)
+    with atomic_h5(path) as f:
+        f.attrs.update(kind=KIND, spec=spec_json, checkpoints=json.dumps([g.name for g in landscape.groups]))
+        for stored in landscape.groups:
+            _write_group(f.create_group(f"surfaces/{stored.name}"), stored, split, spec_json)
+        first = f[f"surfaces/{landscape.groups[0].name}"]
+        for name in ("xcoordinates", "ycoordinates", f"{split}_loss", f"{split}_acc"):
+            if name in first:
+                f[name] = first[name]  # a hard link: the same data under Li et al.'s root names
+
+
+def _read_group(g: Any, name: str, split: str) -> StoredSurface:
+    grid = Grid(g["xcoordinates"][()], g["ycoordinates"][()] if "ycoordinates" in g else None)
+    done = g["done"][()].astype(bool)
+    surface = Surface(grid, np.where(done, g[f"{split}_loss"][()], np.nan),
+                      np.where(done, g[f"{split}_acc"][()], np.nan), done)
+    directions = g["directions"][()] if "directions" in g else None
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in g["direction_names"][()]] if "directions" in g else []
+    return StoredSurface(name, str(g.attrs["checkpoint"]), surface, directions, names,
+                         str(g.attrs.get("params_sha256", "")), int(g.attrs.get("points_per_pass", 0)))
+
+
+def read_landscape(path: str | os.PathLike) -> LandscapeFile:
+    """Read a file written by :func:`write_landscape`; anything else is a one-line UserError."""
+    with open_h5(path) as f:
+        if f.attrs.get("kind") != KIND:
+            raise UserError(f"{path}: not a landscape file (written by `alignsam-diag landscape`).")
+        spec = json.loads(f.attrs["spec"])
+        split = str(spec.get("split", "train"))
+        groups = [_read_group(f[f"surfaces/{name}"], name, split) for name in json.loads(f.attrs["checkpoints"])]
+    return LandscapeFile(spec, groups)
