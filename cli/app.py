@@ -13,6 +13,7 @@ import typer
 
 from alignsam_diag import __version__
 
+from . import eigs as eigs_cmd
 from . import figures, inspect_cmd, train
 from . import landscape as landscape_cmd
 from .common import debug_mode, handle_errors
@@ -20,6 +21,7 @@ from .common import debug_mode, handle_errors
 COMMANDS: dict[str, Callable[..., Any]] = {
     "train": train.train,
     "inspect": inspect_cmd.inspect,
+    "eigs": eigs_cmd.eigs,
     "landscape": landscape_cmd.landscape,
 }
 

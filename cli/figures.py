@@ -14,6 +14,7 @@ from alignsam_diag.store.history import read_history
 
 from .common import handle_errors
 from .figures_landscape import landscape_figure
+from .figures_spectrum import density
 
 
 def history(
@@ -31,6 +32,7 @@ def history(
 SUBCOMMANDS: dict[str, Callable[..., Any]] = {
     "history": history,
     "landscape": landscape_figure,
+    "density": density,
 }
 
 app = typer.Typer(no_args_is_help=True, help="Figures and tables from stored HDF5 results.")

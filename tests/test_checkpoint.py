@@ -1,6 +1,5 @@
 """Checkpoints: ours and third-party formats, clear errors, and safe loading of strangers' files."""
 
-import os
 import subprocess
 import sys
 

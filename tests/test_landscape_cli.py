@@ -30,14 +30,6 @@ def env(cli_env):
     return {**cli_env, "OMP_NUM_THREADS": "1"}  # the same numbers in every process, and fast on 2 cores
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """Two small digits checkpoints, in folders named like training runs."""

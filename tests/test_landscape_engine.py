@@ -14,15 +14,6 @@ from alignsam_diag.models import ModelSpec, build_model
 from alignsam_diag.store.landscape import Surface
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: fast on a shared 2-core machine, and the same numbers in every run."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def setup(arch="cnn-small", n=300, batch=128):
     torch.manual_seed(0)
     model = build_model(ModelSpec(arch, 10, 1, 8, {"width": 4} if arch == "cnn-small" else {}))

@@ -21,14 +21,6 @@ from alignsam_diag.store.landscape import read_landscape
 SPEC = LandscapeSpec(dim=2, grid=9, xrange=(-1.0, 1.0), yrange=(-0.5, 0.5), seed=4, batch_size=100)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def load(checkpoint: str) -> LandscapeInputs:
     """Checkpoints here are names of seeded models ("m0", "m1"...), built the same in every process."""
     torch.manual_seed(int(checkpoint.lstrip("m")))

@@ -1,0 +1,190 @@
+"""The Hessian of a model's loss as a matrix-free linear operator.
+
+:class:`HessianOperator` maps flat vectors of length P (the parameters in its scope, in
+``model.named_parameters()`` order) to Hessian-vector products. The algorithms in
+:mod:`.lanczos`, :mod:`.trace` and :mod:`.density` see only this interface (``shape``,
+``dtype``, ``device``, ``num_products``, ``matvec``, ``matmat``), never the model.
+
+The operator is the Hessian of the data-set **mean** loss over ``batches``:
+H = Σ_b (n_b / N) H_b, with n_b the size of batch b and N = Σ n_b, so an unequal last batch
+gets its proper weight. Products use double backpropagation. For each batch the first-order
+graph (loss → gradient, ``create_graph=True``) is built once per data pass and reused for every
+vector of a block, so :meth:`matmat` applies K vectors with one forward and one first backward
+per batch plus K second backwards. With ``keep_graph=True`` those graphs are built once for the
+operator's lifetime, and a product costs one backward per batch (memory: the graphs of all
+samples). On a CPU, looping the second backward over the K vectors was faster than both
+``is_grads_batched`` and ``vmap(jvp(grad))`` (forward-over-reverse), so that is what is used.
+
+The model runs in eval mode (BatchNorm uses its running statistics, dropout is off) for the
+operator's lifetime; :meth:`close` (or leaving the ``with`` block) restores each module's
+training flag. Batches are used in the given order, with no augmentation.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..progress import ProgressFn, report
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def select_parameters(model: nn.Module, patterns: str | Sequence[str] | None) -> dict[str, nn.Parameter]:
+    """The trainable parameters whose names match any of the shell-style ``patterns``
+    (``fnmatch``: ``layer3.*``, ``*.weight``), in ``named_parameters()`` order; all when None."""
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if patterns is None:
+        chosen = trainable
+    else:
+        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        chosen = {name: p for name, p in trainable.items()
+                  if any(fnmatch.fnmatchcase(name, pat) for pat in patterns)}
+    if not chosen:
+        names = ", ".join(list(trainable)[:4])
+        raise UserError(f"--params {patterns}: no trainable parameter matches; names look like {names}, ...")
+    return chosen
+
+
+class HessianOperator:
+    """Hessian of the mean of ``loss_fn(model(x), y)`` over ``batches`` w.r.t. the parameters
+    selected by ``params`` (name patterns, see :func:`select_parameters`).
+
+    loss_fn: a mean-reduced criterion, e.g. ``nn.CrossEntropyLoss()``.
+    batches: fixed (x, y) pairs on the model's device; their order never changes.
+    keep_graph: build each batch's first-order graph once and keep it (fast, memory-hungry);
+        with one batch this is the classic "single-batch mode".
+    progress: optional callback, told after every batch of a data pass (task ``"hvp"``).
+
+    Vectors are flat tensors of length P = ``shape[0]`` in the model's dtype and device;
+    ``matvec`` and ``matmat`` accept any float dtype and return the operator's dtype.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch],
+                 params: str | Sequence[str] | None = None, *, keep_graph: bool = False,
+                 progress: Optional[ProgressFn] = None) -> None:
+        if not batches:
+            raise UserError("the Hessian needs at least one batch of samples.")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.batches = list(batches)
+        self.keep_graph = keep_graph
+        self.progress = progress
+        selected = select_parameters(model, params)
+        self.param_names = list(selected)
+        self.params = list(selected.values())
+        self.num_samples = sum(len(y) for _, y in self.batches)
+        self.num_products = 0
+        self._training_flags = {m: m.training for m in model.modules()}
+        model.eval()
+        self._graphs: Optional[list[tuple[torch.Tensor, ...]]] = None
+
+    # -- the linear-operator interface -------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        size = sum(p.numel() for p in self.params)
+        return size, size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.params[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.params[0].device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """H v for a flat vector v (P,)."""
+        return self.matmat(v.unsqueeze(0)).squeeze(0)
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        """H applied to each row of ``vectors`` (K, P), in one pass over the data; returns (K, P)."""
+        if vectors.ndim != 2 or vectors.shape[1] != self.shape[0]:
+            raise ValueError(f"expected vectors of shape (K, {self.shape[0]}), got {tuple(vectors.shape)}")
+        pieces = [self._split(v.to(self.device, self.dtype)) for v in vectors]
+        out = torch.zeros(vectors.shape[0], self.shape[0], dtype=self.dtype, device=self.device)
+        for i in range(len(self.batches)):
+            grads = self._graph(i)
+            for row, piece in enumerate(pieces):
+                out[row] += self._second_backward(grads, piece)
+            report(self.progress, "hvp", i + 1, len(self.batches))
+        self.num_products += vectors.shape[0]
+        return out
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Drop kept graphs and restore every module's training flag."""
+        self._graphs = None
+        for module, training in self._training_flags.items():
+            module.train(training)
+
+    def __enter__(self) -> "HessianOperator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- checks ------------------------------------------------------------------------------
+    def check_determinism(self, seed: int = 0, rtol: Optional[float] = None) -> None:
+        """Run two independent data passes (loss, gradient and one product each, graphs built
+        afresh) and raise :class:`UserError` if they differ by more than ``rtol`` relative to
+        their size (default: 1e-4 in float32, 1e-10 in float64)."""
+        rtol = rtol if rtol is not None else (1e-10 if self.dtype == torch.float64 else 1e-4)
+        probe = torch.randn(self.shape[0], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        first, second = (self._fresh_pass(self._split(probe.to(self.device, self.dtype))) for _ in range(2))
+        for what, a, b in zip(("loss", "gradient", "Hessian-vector product"), first, second):
+            diff = float((a - b).abs().max()) / max(float(a.abs().max()), 1e-30)
+            if diff > rtol:
+                raise UserError(
+                    f"two passes over the same samples gave different {what}s (relative difference "
+                    f"{diff:.2e} > {rtol:.0e}): the model is not deterministic in eval mode (dropout "
+                    "forced on, random augmentation or noise in forward?); the Hessian is undefined.")
+
+    # -- internals ---------------------------------------------------------------------------
+    def _split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """A flat (P,) vector as views shaped like the parameters."""
+        sizes = [p.numel() for p in self.params]
+        return [chunk.view_as(p) for chunk, p in zip(flat.split(sizes), self.params)]
+
+    def _first_order(self, index: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(weighted loss, its gradient with graph) of batch ``index``; the loss is scaled by
+        n_b / N so that the sum over batches is the data-set mean."""
+        x, y = self.batches[index]
+        loss = self.loss_fn(self.model(x), y) * (len(y) / self.num_samples)
+        return loss, torch.autograd.grad(loss, self.params, create_graph=True, materialize_grads=True)
+
+    def _second_backward(self, grads: tuple[torch.Tensor, ...], piece: list[torch.Tensor]) -> torch.Tensor:
+        """H_b·v (P,) from batch b's first-order graph ``grads``, which is kept for reuse.
+        Gradient entries that do not depend on the parameters contribute zero."""
+        pairs = [(g, v) for g, v in zip(grads, piece) if g.requires_grad]
+        if not pairs:
+            return torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
+        hv = torch.autograd.grad([g for g, _ in pairs], self.params, grad_outputs=[v for _, v in pairs],
+                                 retain_graph=True, materialize_grads=True)
+        return torch.cat([h.reshape(-1) for h in hv])
+
+    def _graph(self, index: int) -> tuple[torch.Tensor, ...]:
+        if not self.keep_graph:
+            return self._first_order(index)[1]
+        if self._graphs is None:
+            self._graphs = []
+        while len(self._graphs) <= index:
+            self._graphs.append(self._first_order(len(self._graphs))[1])
+        return self._graphs[index]
+
+    def _fresh_pass(self, piece: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss (1,), gradient (P,) and H·piece (P,) from one data pass with new graphs."""
+        loss_sum = torch.zeros(1, dtype=torch.float64, device=self.device)
+        grad_sum = torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
+        hvp_sum = torch.zeros_like(grad_sum)
+        for i in range(len(self.batches)):
+            loss, grads = self._first_order(i)
+            loss_sum += loss.detach().double()
+            grad_sum += torch.cat([g.detach().reshape(-1) for g in grads])
+            hvp_sum += self._second_backward(grads, piece)
+        return loss_sum, grad_sum, hvp_sum

@@ -1,0 +1,249 @@
+"""Top-k eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation.
+
+The operator is anything with ``shape``, ``device`` and ``matvec`` (see
+:class:`~alignsam_diag.analysis.curvature.HessianOperator`). The Krylov basis and all
+projection coefficients are kept in float64 whatever the operator's dtype. Each new product
+H q_j is orthogonalised against the whole basis by classical Gram–Schmidt applied twice
+("twice is enough"), which prevents the ghost copies of λ1 that plain Lanczos produces.
+
+Every coefficient of that orthogonalisation is kept, so each product is expanded exactly in
+the orthonormal basis: H q_j = Σ_i C[i, j] q_i. The Ritz values come from the symmetric
+tridiagonal T (diagonal C[j, j], off-diagonal C[j+1, j]); for a Ritz pair (θ, v = Q s) the
+residual is then the **true** ‖H v − θ v‖ = ‖C s − θ [s; 0]‖, computed from the products
+already made (no extra products), including any asymmetry or rounding of the operator. The
+run stops when every wanted pair has residual ≤ tol·|λ_max| (|λ_max| = largest |Ritz value|),
+checked after every product (the check costs O(m³) with m ≤ a few hundred: negligible).
+If the Krylov space is exhausted (an invariant subspace), the run continues from a fresh random
+direction orthogonal to the basis. Like any single-vector Krylov method it finds one copy of a
+repeated eigenvalue per direction that reaches it, so multiplicities can be under-reported.
+
+The run's :class:`LanczosState` can be handed to a callback after each product and saved, and
+a run started from a saved state continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..progress import ProgressFn, report
+
+WHICH: dict[str, str] = {"LM": "largest magnitude", "LA": "largest algebraic", "SA": "smallest algebraic"}
+BREAKDOWN = 1e-10  # a new direction shorter than this fraction of ‖Hq‖ means the Krylov space is exhausted
+
+
+class LinearOperator(Protocol):
+    """What the algorithms need from an operator (a symmetric P×P matrix)."""
+
+    shape: tuple[int, int]
+    device: torch.device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor: ...
+
+
+def random_unit_vector(size: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A seeded Gaussian unit vector (size,) in float64, drawn on the CPU so that the same seed
+    gives the same vector on every device."""
+    v = torch.randn(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (v / v.norm()).to(device)
+
+
+@dataclass
+class LanczosState:
+    """Everything needed to continue a Lanczos run.
+
+    basis: (capacity, P) float64 on the operator's device; rows 0 … steps are the orthonormal
+        q_0 … q_steps, and q_steps is the next vector to multiply.
+    coeffs: (capacity, capacity) float64 on the CPU; column j (< steps) holds H q_j in the basis.
+    steps: products absorbed so far. restarts: fresh directions drawn after the Krylov space
+        was exhausted. seed: of the start vector (restart r uses seed + r + 1).
+    seconds: wall time spent so far, over all sessions of the run.
+    """
+
+    basis: torch.Tensor
+    coeffs: torch.Tensor
+    steps: int = 0
+    restarts: int = 0
+    seed: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def start(cls, size: int, seed: int, device: torch.device | str,
+              first: Optional[torch.Tensor] = None, capacity: int = 32) -> "LanczosState":
+        """A fresh run from ``first`` (normalised here) or from a seeded Gaussian vector."""
+        q0 = random_unit_vector(size, seed, device) if first is None else first.to(device, torch.float64)
+        capacity = min(capacity, size + 1)
+        basis = torch.zeros(capacity, size, dtype=torch.float64, device=device)
+        basis[0] = q0 / q0.norm()
+        return cls(basis, torch.zeros(capacity, capacity, dtype=torch.float64), seed=seed)
+
+    @classmethod
+    def restore(cls, basis: torch.Tensor, coeffs: torch.Tensor, restarts: int, seed: int,
+                seconds: float) -> "LanczosState":
+        """The state saved as ``basis`` (steps+1, P) and ``coeffs`` (steps+1, steps)."""
+        steps = basis.shape[0] - 1
+        full = torch.zeros(steps + 1, steps + 1, dtype=torch.float64)
+        full[:, :steps] = coeffs
+        return cls(basis.to(torch.float64).clone(), full, steps, restarts, seed, seconds)
+
+    @property
+    def size(self) -> int:
+        return self.basis.shape[1]
+
+    def saved_arrays(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(basis (steps+1, P), coeffs (steps+1, steps)): what :meth:`restore` needs."""
+        return self.basis[: self.steps + 1], self.coeffs[: self.steps + 1, : self.steps]
+
+    def next_vector(self) -> torch.Tensor:
+        return self.basis[self.steps]
+
+    def absorb(self, product: torch.Tensor) -> None:
+        """Take H q_steps (P,), orthogonalise it against the basis and append the next vector."""
+        j = self.steps
+        w = product.to(self.basis.device, torch.float64).clone()
+        scale = float(w.norm())
+        h = self._orthogonalise(w)
+        beta = float(w.norm())
+        if j + 1 >= self.size:  # the basis spans everything: no next vector exists
+            beta, w = 0.0, torch.zeros_like(w)
+        elif beta <= BREAKDOWN * scale:  # invariant subspace: continue with a fresh direction
+            self.restarts += 1
+            beta = 0.0
+            w = random_unit_vector(self.size, self.seed + self.restarts, w.device)
+            self._orthogonalise(w)
+        self._reserve(j + 2)
+        self.coeffs[: j + 1, j] = h.cpu()
+        self.coeffs[j + 1, j] = beta
+        norm = w.norm()
+        self.basis[j + 1] = w / norm if norm > 0 else w
+        self.steps = j + 1
+
+    def tridiagonal(self) -> np.ndarray:
+        """T (steps, steps): diagonal C[j, j], off-diagonal C[j+1, j]."""
+        m = self.steps
+        c = self.coeffs[: m + 1, :m].numpy()
+        off = np.diag(c, -1)[: m - 1]
+        return np.diag(np.diag(c)) + np.diag(off, 1) + np.diag(off, -1)
+
+    def ritz_residuals(self, theta: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """True residuals ‖H v_i − θ_i v_i‖ of the Ritz pairs (theta (r,), s (steps, r))."""
+        c = self.coeffs[: self.steps + 1, : self.steps].numpy()
+        padded = np.vstack([s, np.zeros((1, s.shape[1]))])
+        return np.linalg.norm(c @ s - theta * padded, axis=0)
+
+    def _orthogonalise(self, w: torch.Tensor) -> torch.Tensor:
+        """Remove from w (in place) its components along q_0 … q_steps, twice; return them."""
+        q = self.basis[: self.steps + 1]
+        h = q @ w
+        w -= h @ q
+        again = q @ w
+        w -= again @ q
+        return h + again
+
+    def _reserve(self, rows: int) -> None:
+        """Grow the buffers (doubling) so that ``rows`` basis rows fit."""
+        capacity = self.basis.shape[0]
+        if rows <= capacity:
+            return
+        new = min(max(rows, 2 * capacity), self.size + 1)
+        basis = torch.zeros(new, self.size, dtype=torch.float64, device=self.basis.device)
+        basis[:capacity] = self.basis
+        coeffs = torch.zeros(new, new, dtype=torch.float64)
+        coeffs[:capacity, :capacity] = self.coeffs
+        self.basis, self.coeffs = basis, coeffs
+
+
+@dataclass
+class Spectrum:
+    """Result of :func:`lanczos`.
+
+    eigenvalues: (k,) float64, ordered by ``which`` (LM: by |λ| descending, LA: descending,
+        SA: ascending). residuals: (k,) true ‖H v − λ v‖ of each returned pair.
+    eigenvectors: (k, P) float64 unit rows on the operator's device, or None.
+    num_products: Hessian-vector products used (over all sessions of a resumed run).
+    seconds: wall time (over all sessions). converged: every residual ≤ tol·|λ_max|.
+    """
+
+    eigenvalues: np.ndarray
+    residuals: np.ndarray
+    eigenvectors: Optional[torch.Tensor]
+    num_products: int
+    seconds: float
+    converged: bool
+    which: str
+    tol: float
+
+
+def select(theta: np.ndarray, which: str, k: int) -> np.ndarray:
+    """Indices of the k wanted values of ``theta`` in ``which`` order."""
+    key = {"LM": -np.abs(theta), "LA": -theta, "SA": theta}[which]
+    return np.argsort(key, kind="stable")[:k]
+
+
+def wanted_pairs(state: LanczosState, which: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(θ (k,), s (steps, k), residuals (k,), |λ_max|) for the current Krylov space."""
+    theta, s = np.linalg.eigh(state.tridiagonal())
+    chosen = select(theta, which, k)
+    return theta[chosen], s[:, chosen], state.ritz_residuals(theta[chosen], s[:, chosen]), float(np.abs(theta).max())
+
+
+def check_options(k: int, which: str, tol: float, max_iter: int, size: Optional[int] = None) -> None:
+    """Raise a one-line :class:`UserError` for invalid :func:`lanczos` options (``size``: the
+    operator's dimension, when known)."""
+    if which not in WHICH:
+        raise UserError(f"--which {which}: choose LM (largest magnitude), LA (largest) or SA (smallest).")
+    if k < 1:
+        raise UserError(f"--k {k}: must be at least 1.")
+    if size is not None and k > size:
+        raise UserError(f"--k {k}: must be at most the number of parameters ({size}).")
+    if max_iter < k:
+        raise UserError(f"--max-iter {max_iter}: must be at least --k ({k}).")
+    if tol <= 0:
+        raise UserError(f"--tol {tol}: must be positive.")
+
+
+def lanczos(op: LinearOperator, k: int = 5, which: str = "LM", tol: float = 1e-3, max_iter: int = 100,
+            seed: int = 0, *, state: Optional[LanczosState] = None,
+            on_step: Optional[Callable[[LanczosState], None]] = None, eigenvectors: bool = False,
+            progress: Optional[ProgressFn] = None) -> Spectrum:
+    """The k eigenpairs of ``op`` wanted by ``which`` (LM | LA | SA).
+
+    Stops when every wanted Ritz pair has ‖Hv − λv‖ ≤ tol·|λ_max|, after ``max_iter`` products,
+    or when the Krylov space is the whole space. ``state`` continues a saved run (same operator
+    and seed); ``on_step(state)`` is called after every product (save it there to make the run
+    resumable; an exception raised there stops the run). ``progress`` gets task ``"lanczos"``.
+    """
+    size = op.shape[0]
+    check_options(k, which, tol, max_iter, size)
+    if state is None:
+        state = LanczosState.start(size, seed, op.device)
+    elif state.size != size:
+        raise UserError(f"the saved Lanczos state has {state.size} parameters, the model {size}; "
+                        "it belongs to another model — use another --out file.")
+    limit = min(max_iter, size)
+    while True:
+        if state.steps >= k:
+            theta, s, residuals, lam_max = wanted_pairs(state, which, k)
+            converged = bool(np.all(residuals <= tol * lam_max))
+            report(progress, "lanczos", state.steps, limit, lambda1=float(theta[0]),
+                   residual=float(residuals.max() / max(lam_max, 1e-300)))
+            if converged or state.steps >= limit:
+                break
+        else:
+            report(progress, "lanczos", state.steps, limit)
+        started = time.perf_counter()
+        state.absorb(op.matvec(state.next_vector()))
+        state.seconds += time.perf_counter() - started
+        if on_step is not None:
+            on_step(state)
+    vectors = None
+    if eigenvectors:
+        vectors = torch.from_numpy(np.ascontiguousarray(s.T)).to(state.basis.device) @ state.basis[: state.steps]
+    return Spectrum(theta, residuals, vectors, state.steps, state.seconds, converged, which, tol)

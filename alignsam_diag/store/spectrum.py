@@ -1,0 +1,173 @@
+"""HDF5 file of ``eigs`` results: one group per checkpoint.
+
+Layout (root attribute ``kind = "eigs"``)::
+
+    /<group>                      group name: the checkpoint path with "/" written as "|"
+        attrs checkpoint, options (JSON), num_parameters
+        param_names (P_t,) str    parameters in the operator's scope, in order (Σ numel = P)
+        eigenvalues (k,) f8       ordered by options["which"]
+        residuals (k,) f8         true ‖Hv − λv‖ of each pair
+          attrs hvps, seconds, converged, which, tol
+        eigenvectors (k, P) f4    only with --save-vectors
+        lanczos_state/            only while the Lanczos run is unfinished
+          basis (m+1, P) f8, coeffs (m+1, m) f8; attrs restarts, seed, seconds
+        trace/                    attrs value, stderr, hvps, seconds, method
+        density/                  nodes, weights (runs, steps) f8; grid, density (G,) f8;
+                                  attrs sigma, hvps, seconds
+
+What a group holds is what is finished: a rerun computes only the missing parts. Every write
+rewrites the whole file atomically (other groups are copied over unchanged).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import h5py
+import numpy as np
+import torch
+
+from ..analysis.density import SpectralDensity
+from ..analysis.lanczos import LanczosState, Spectrum
+from ..analysis.trace import TraceEstimate
+from ..errors import UserError
+from .h5io import atomic_h5, open_h5
+
+KIND = "eigs"
+
+
+@dataclass
+class EigsRecord:
+    """Everything stored for one checkpoint; parts not (yet) computed are None.
+
+    state: an unfinished Lanczos run to continue. The spectrum's eigenvectors (k, P) are
+    written as float32 when present; they are not read back here (see :func:`read_eigenvectors`).
+    """
+
+    checkpoint: str
+    options: dict[str, Any]
+    param_names: list[str]
+    num_parameters: int
+    spectrum: Optional[Spectrum] = None
+    state: Optional[LanczosState] = None
+    trace: Optional[TraceEstimate] = None
+    density: Optional[SpectralDensity] = None
+
+
+def group_name(checkpoint: str | os.PathLike) -> str:
+    return str(checkpoint).replace("/", "|")
+
+
+def write_record(path: str | os.PathLike, record: EigsRecord) -> None:
+    """Store ``record`` in ``path`` (replacing its group, keeping the others), atomically.
+    Eigenvectors already stored for the record are kept when the record does not carry them
+    (records read back by :func:`read_records` do not)."""
+    path = Path(path)
+    name = group_name(record.checkpoint)
+    with atomic_h5(path) as out:
+        out.attrs["kind"] = KIND
+        group = out.create_group(name)
+        _write_group(group, record)
+        if path.exists():
+            with _open_eigs(path) as old:
+                for key in old:
+                    if key != name:
+                        old.copy(old[key], out, name=key)
+                    elif "eigenvectors" in old[key] and "eigenvectors" not in group and "eigenvalues" in group:
+                        old.copy(old[key]["eigenvectors"], group)
+
+
+def _write_group(g: h5py.Group, r: EigsRecord) -> None:
+    g.attrs.update(checkpoint=r.checkpoint, options=json.dumps(r.options), num_parameters=r.num_parameters)
+    g.create_dataset("param_names", data=np.array(r.param_names, dtype=h5py.string_dtype()))
+    if r.spectrum is not None:
+        s = r.spectrum
+        g.create_dataset("eigenvalues", data=s.eigenvalues)
+        g.create_dataset("residuals", data=s.residuals)
+        g["eigenvalues"].attrs.update(hvps=s.num_products, seconds=s.seconds, converged=s.converged,
+                                      which=s.which, tol=s.tol)
+        if s.eigenvectors is not None:
+            g.create_dataset("eigenvectors", data=s.eigenvectors.detach().cpu().float().numpy())
+    if r.state is not None:
+        basis, coeffs = r.state.saved_arrays()
+        state = g.create_group("lanczos_state")
+        state.create_dataset("basis", data=basis.cpu().numpy())
+        state.create_dataset("coeffs", data=coeffs.numpy())
+        state.attrs.update(restarts=r.state.restarts, seed=r.state.seed, seconds=r.state.seconds)
+    if r.trace is not None:
+        g.create_group("trace").attrs.update(value=r.trace.value, stderr=r.trace.stderr, hvps=r.trace.num_products,
+                                             seconds=r.trace.seconds, method=r.trace.method)
+    if r.density is not None:
+        d = g.create_group("density")
+        for key in ("nodes", "weights", "grid", "density"):
+            d.create_dataset(key, data=getattr(r.density, key))
+        d.attrs.update(sigma=r.density.sigma, hvps=r.density.num_products, seconds=r.density.seconds)
+
+
+def read_records(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, EigsRecord]:
+    """Every group of ``path`` by checkpoint (an unfinished Lanczos state is put on ``device``)."""
+    with _open_eigs(path) as f:
+        return {f[name].attrs["checkpoint"]: _read_group(f[name], device) for name in f}
+
+
+def _read_group(g: h5py.Group, device: torch.device | str) -> EigsRecord:
+    record = EigsRecord(str(g.attrs["checkpoint"]), json.loads(g.attrs["options"]),
+                        [n.decode() if isinstance(n, bytes) else n for n in g["param_names"][()]],
+                        int(g.attrs["num_parameters"]))
+    if "eigenvalues" in g:
+        a = g["eigenvalues"].attrs
+        record.spectrum = Spectrum(g["eigenvalues"][()], g["residuals"][()], None, int(a["hvps"]),
+                                   float(a["seconds"]), bool(a["converged"]), str(a["which"]), float(a["tol"]))
+    if "lanczos_state" in g:
+        s = g["lanczos_state"]
+        record.state = LanczosState.restore(torch.from_numpy(s["basis"][()]).to(device),
+                                            torch.from_numpy(s["coeffs"][()]), int(s.attrs["restarts"]),
+                                            int(s.attrs["seed"]), float(s.attrs["seconds"]))
+    if "trace" in g:
+        a = g["trace"].attrs
+        record.trace = TraceEstimate(float(a["value"]), float(a["stderr"]), int(a["hvps"]), float(a["seconds"]),
+                                     str(a["method"]))
+    if "density" in g:
+        d = g["density"]
+        record.density = SpectralDensity(*(d[key][()] for key in ("nodes", "weights", "grid", "density")),
+                                         float(d.attrs["sigma"]), int(d.attrs["hvps"]), float(d.attrs["seconds"]))
+    return record
+
+
+def read_eigenvectors(path: str | os.PathLike, group: Optional[str] = None) -> tuple[list[str], torch.Tensor]:
+    """(parameter names in order, eigenvectors (k, P) float32) stored by ``eigs --save-vectors``.
+
+    group: the checkpoint path (or the group name); may be omitted when the file holds one
+    checkpoint. Row i is the eigenvector of the i-th stored eigenvalue, flattened over the named
+    parameters in order (each parameter's entries in ``tensor.reshape(-1)`` order).
+    """
+    with _open_eigs(path) as f:
+        names = list(f)
+        if group is None:
+            if len(names) != 1:
+                raise UserError(f"{path} holds {len(names)} checkpoints; say which one "
+                                f"({', '.join(f[n].attrs['checkpoint'] for n in names)}).")
+            chosen = names[0]
+        else:
+            chosen = group if group in f else group_name(group)
+            if chosen not in f:
+                raise UserError(f"{path}: no results for {group}.")
+        g = f[chosen]
+        if "eigenvectors" not in g:
+            raise UserError(f"{path}: no eigenvectors for {g.attrs['checkpoint']}; rerun eigs with --save-vectors.")
+        param_names = [n.decode() if isinstance(n, bytes) else n for n in g["param_names"][()]]
+        return param_names, torch.from_numpy(g["eigenvectors"][()])
+
+
+@contextlib.contextmanager
+def _open_eigs(path: str | os.PathLike) -> Iterator[h5py.File]:
+    """``open_h5`` that also checks that the file is an eigs result file."""
+    with open_h5(path) as f:
+        if f.attrs.get("kind") != KIND:
+            raise UserError(f"{path}: not an eigs result file (choose another --out, or the file eigs wrote).")
+        yield f

@@ -1,0 +1,118 @@
+"""``alignsam-diag eigs``: top-k Hessian eigenvalues (Lanczos), optionally trace and spectral
+density, of one or more checkpoints; the paper's Table 10 layout or JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from alignsam_diag.analysis.spectrum import EigsOptions, analyse
+from alignsam_diag.errors import UserError
+from alignsam_diag.store.spectrum import EigsRecord
+
+from .common import (Arch, ArchKwargs, BatchSize, Checkpoints, DataRoot, Dataset, Device, Full, Json, NumClasses,
+                     Samples, Seed, Split, Trust, load_analysis_inputs, print_json, progress_bar, resolve_device)
+
+Opt = typer.Option
+
+
+def table10(records: list[EigsRecord], k: int) -> str:
+    """One row per checkpoint: λ1, λ1/λ2 … λ1/λk (paper Table 10), products, seconds, trace."""
+    with_trace = any(r.trace is not None for r in records)
+    header = ["checkpoint", "λ1"] + [f"λ1/λ{i}" for i in range(2, k + 1)] + ["HVPs", "seconds"]
+    header += ["trace ± s.e."] if with_trace else []
+    rows = []
+    for r in records:
+        s = r.spectrum
+        cells = [r.checkpoint, f"{s.eigenvalues[0]:.4g}"]
+        cells += [f"{s.eigenvalues[0] / v:.3g}" if v != 0 else "inf" for v in s.eigenvalues[1:]]
+        cells += [str(s.num_products), f"{s.seconds:.1f}" + ("" if s.converged else " (not converged)")]
+        cells += [f"{r.trace.value:.4g} ± {r.trace.stderr:.2g}" if r.trace else "-"] if with_trace else []
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows)
+
+
+def as_json(r: EigsRecord) -> dict[str, Any]:
+    s = r.spectrum
+    out: dict[str, Any] = {
+        "checkpoint": r.checkpoint, "eigenvalues": s.eigenvalues.tolist(), "residuals": s.residuals.tolist(),
+        "hvps": s.num_products, "seconds": s.seconds, "converged": s.converged, "which": s.which, "tol": s.tol,
+        "num_parameters": r.num_parameters, "samples": r.options["samples"],
+    }
+    if r.trace is not None:
+        out["trace"] = {"value": r.trace.value, "stderr": r.trace.stderr, "hvps": r.trace.num_products,
+                        "seconds": r.trace.seconds, "method": r.trace.method}
+    if r.density is not None:
+        mean, square = r.density.moments()
+        out["density"] = {"mean": mean, "second_moment": square, "sigma": r.density.sigma,
+                          "hvps": r.density.num_products, "seconds": r.density.seconds}
+    return out
+
+
+def eigs(
+    checkpoints: Checkpoints,
+    k: Annotated[int, Opt("--k", help="Number of eigenvalues.")] = 5,
+    which: Annotated[str, Opt("--which", help="LM (largest magnitude, as Table 10; negative values can appear) "
+                                              "| LA (largest) | SA (smallest).")] = "LM",
+    tol: Annotated[float, Opt("--tol", help="Stop when every pair has ‖Hv − λv‖ ≤ tol·|λ_max|.")] = 1e-3,
+    max_iter: Annotated[int, Opt("--max-iter", help="At most this many Hessian-vector products.")] = 100,
+    samples: Samples = 4096,
+    full: Full = False,
+    split: Split = "train",
+    batch_size: BatchSize = 512,
+    seed: Seed = 0,
+    params: Annotated[Optional[list[str]], Opt("--params", help="Only parameters whose names match this "
+                                               "pattern (fnmatch, e.g. 'layer3.*'); repeatable.")] = None,
+    keep_graph: Annotated[Optional[bool], Opt(
+        "--keep-graph/--no-keep-graph", show_default=False,
+        help="Keep every batch's first-order graph: about 2× faster products, memory for all samples' graphs "
+             "(default: on, off with --full).")] = None,
+    check_determinism: Annotated[bool, Opt("--check-determinism", help="Stop if two passes over the samples "
+                                                                        "differ (dropout, noise...).")] = False,
+    trace: Annotated[bool, Opt("--trace", help="Also estimate tr(H) with a standard error.")] = False,
+    trace_method: Annotated[str, Opt("--trace-method", help="hutch++ | hutchinson")] = "hutch++",
+    trace_probes: Annotated[int, Opt("--trace-probes", help="Products spent on the trace.")] = 99,
+    density: Annotated[bool, Opt("--density", help="Also the spectral density (SLQ); plot it with "
+                                                   "'figures density'.")] = False,
+    density_steps: Annotated[int, Opt("--density-steps", help="Lanczos steps per SLQ run.")] = 80,
+    density_runs: Annotated[int, Opt("--density-runs", help="SLQ runs (random start vectors).")] = 4,
+    save_vectors: Annotated[bool, Opt("--save-vectors", help="Store the eigenvectors in --out.")] = False,
+    backend: Annotated[str, Opt("--backend", help="ours | pyhessian (PyHessian's power iteration, "
+                                                  "for comparison with published values).")] = "ours",
+    dataset: Dataset = None,
+    data_root: DataRoot = None,
+    arch: Arch = None,
+    arch_kwargs: ArchKwargs = None,
+    num_classes: NumClasses = None,
+    trust_checkpoint: Trust = False,
+    device: Device = "auto",
+    out: Annotated[Optional[Path], Opt("--out", help="Eigs HDF5 file. Written after every product: rerun the "
+                                                     "same command to continue an interrupted run.")] = None,
+    json_out: Json = False,
+) -> None:
+    """Top-k Hessian eigenvalues of the mean loss on fixed samples (default: 4096 seeded training
+    samples), printed as the paper's Table 10 (λ1, λ1/λ2 … λ1/λk), one row per checkpoint."""
+    options = EigsOptions(k, which, tol, max_iter, seed, params, backend, save_vectors,
+                          trace_method if trace else None, trace_probes, density, density_steps, density_runs,
+                          keep_graph=not full if keep_graph is None else keep_graph)
+    options.validate()
+    if (save_vectors or density) and out is None:
+        raise UserError("--save-vectors and --density store their results: give --out FILE.h5.")
+    target = resolve_device(device)
+    records = []
+    with progress_bar() as progress:
+        for checkpoint in checkpoints:
+            inputs = load_analysis_inputs(checkpoint, dataset=dataset, data_root=data_root, arch=arch,
+                                          arch_kwargs=arch_kwargs, num_classes=num_classes, trust=trust_checkpoint,
+                                          split=split, samples=samples, full=full, seed=seed,
+                                          batch_size=batch_size, device=target)
+            data = {"split": split, "samples": len(inputs.data), "dataset": dataset or "from checkpoint"}
+            records.append(analyse(checkpoint, inputs.checkpoint.model, inputs.batches, options, data, out,
+                                   check_determinism, progress))
+    if json_out:
+        print_json([as_json(r) for r in records])
+    else:
+        typer.echo(table10(records, k))

@@ -1,0 +1,153 @@
+"""`alignsam-diag eigs` and `figures density` as a user runs them: JSON fields and values, the
+Table-10 text layout, the density figure, one-line errors, and resuming after a real kill.
+
+The killed run is a separate process running the installed CLI; the others run the same app in
+this process."""
+
+import json
+import signal
+import subprocess
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.app import app
+
+from alignsam_diag.analysis.curvature import HessianOperator
+from alignsam_diag.analysis.lanczos import lanczos
+from alignsam_diag.data import DataSpec
+from alignsam_diag.inputs import load_inputs
+from alignsam_diag.models import ModelSpec, build_model
+from alignsam_diag.models.checkpoint import save_checkpoint
+
+SPEC = ModelSpec("cnn-small", 10, 1, 8, {"width": 8})
+FAST = ["--samples", "300", "--batch-size", "150", "--device", "cpu"]
+EVERY_PART = ["--trace", "--trace-probes", "30", "--density", "--density-steps", "20", "--density-runs", "2",
+              "--save-vectors"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two small digits checkpoints in folders named like training runs."""
+    root = tmp_path_factory.mktemp("runs")
+    paths = []
+    for seed, name in ((0, "sgd"), (1, "sam")):
+        torch.manual_seed(seed)
+        save_checkpoint(root / name / "last.pt", {"state_dict": build_model(SPEC).state_dict(),
+                                                 "model": SPEC.to_dict(), "data": DataSpec("digits").to_dict()})
+        paths.append(root / name / "last.pt")
+    return paths
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_json_values_table10_and_density_figure(tmp_path, checkpoints):
+    out = tmp_path / "eigs.h5"
+    result = run("eigs", *checkpoints, *FAST, *EVERY_PART, "--out", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [r["checkpoint"] for r in report] == [str(p) for p in checkpoints]
+    for r, path in zip(report, checkpoints):
+        assert {"eigenvalues", "residuals", "hvps", "seconds", "trace"} <= set(r)
+        assert len(r["eigenvalues"]) == len(r["residuals"]) == 5 and r["converged"] and r["samples"] == 300
+        assert r["trace"]["method"] == "hutch++" and r["trace"]["stderr"] > 0
+        inputs = load_inputs(path, samples=300, batch_size=150)
+        with HessianOperator(inputs.checkpoint.model, torch.nn.functional.cross_entropy, inputs.batches) as op:
+            direct = lanczos(op, k=5, tol=1e-3)
+        np.testing.assert_allclose(r["eigenvalues"], direct.eigenvalues, rtol=1e-5)
+        assert r["hvps"] == direct.num_products
+    with h5py.File(out) as f:
+        assert f[str(checkpoints[0]).replace("/", "|")]["eigenvectors"].shape[0] == 5
+
+    text = run("eigs", *checkpoints, *FAST, *EVERY_PART, "--out", out)  # same options: read back, nothing recomputed
+    assert text.exit_code == 0, text.stderr
+    header, *rows = text.stdout.strip().splitlines()
+    assert header.split()[:6] == ["checkpoint", "λ1", "λ1/λ2", "λ1/λ3", "λ1/λ4", "λ1/λ5"]
+    for line, r in zip(rows, report):
+        cells = line.split()
+        lam = r["eigenvalues"]
+        assert cells[0] == r["checkpoint"] and float(cells[1]) == pytest.approx(lam[0], rel=1e-3)
+        assert [float(c) for c in cells[2:6]] == pytest.approx([lam[0] / v for v in lam[1:]], rel=5e-3)
+        assert int(cells[6]) == r["hvps"]
+
+    figure = tmp_path / "density.png"
+    made = run("figures", "density", out, "--out", figure)
+    assert made.exit_code == 0, made.stderr
+    assert figure.stat().st_size > 10_000
+
+
+def test_resume_after_killing_the_cli(tmp_path, cli, cli_env, checkpoints):
+    """A run killed after some products continues from them: the resumed run's total product
+    count and eigenvalues are those of an uninterrupted run."""
+    args = ["eigs", checkpoints[0], *FAST, "--no-keep-graph", "--tol", "1e-7", "--max-iter", "80", "--json"]
+    out = tmp_path / "killed.h5"
+    job = subprocess.Popen([*cli, *map(str, args), "--out", str(out)],
+                           env={**cli_env, "OMP_NUM_THREADS": "1"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    key = str(checkpoints[0]).replace("/", "|")
+    deadline, saved = time.monotonic() + 120, 0
+    while time.monotonic() < deadline and job.poll() is None and saved < 5:
+        try:
+            with h5py.File(out, "r") as f:
+                saved = f[key]["lanczos_state/coeffs"].shape[1]
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.02)
+    job.send_signal(signal.SIGKILL)
+    assert job.wait() == -signal.SIGKILL
+    with h5py.File(out, "r") as f:
+        saved = f[key]["lanczos_state/coeffs"].shape[1]
+    assert 5 <= saved
+
+    resumed = run(*args, "--out", out)
+    assert resumed.exit_code == 0, resumed.stderr
+    whole = run(*args, "--out", tmp_path / "whole.h5")
+    assert whole.exit_code == 0, whole.stderr
+    (r,), (w,) = json.loads(resumed.stdout), json.loads(whole.stdout)
+    assert saved < w["hvps"] and r["hvps"] == w["hvps"]
+    np.testing.assert_allclose(r["eigenvalues"], w["eigenvalues"], rtol=1e-10)
+    with h5py.File(out, "r") as f:
+        assert "lanczos_state" not in f[key]
+
+
+BAD = [
+    (["--k", "0"], "--k 0"),
+    (["--which", "LR"], "--which LR"),
+    (["--tol", "-1"], "--tol -1"),
+    (["--max-iter", "2"], "--max-iter 2"),
+    (["--backend", "scipy"], "--backend scipy"),
+    (["--split", "val"], "--split val"),
+    (["--params", "nothing.*"], "no trainable parameter matches"),
+    (["--save-vectors"], "give --out"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_clear_line(checkpoints, args, message):
+    result = run("eigs", checkpoints[0], *FAST, *args)
+    assert result.exit_code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_missing_file_other_settings_and_foreign_out_file(tmp_path, checkpoints):
+    missing = run("eigs", tmp_path / "nope.pt", *FAST)
+    assert missing.exit_code == 2 and "no such checkpoint file" in missing.stderr
+    out = tmp_path / "e.h5"
+    assert run("eigs", checkpoints[0], *FAST, "--k", "2", "--out", out).exit_code == 0
+    other = run("eigs", checkpoints[0], *FAST, "--k", "3", "--out", out)
+    assert other.exit_code == 2 and "other settings (k)" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = 1
+    wrong = run("eigs", checkpoints[0], *FAST, "--out", foreign)
+    assert wrong.exit_code == 2 and "not an eigs result file" in wrong.stderr
+    no_density = run("figures", "density", out)
+    assert no_density.exit_code == 2 and "--density" in no_density.stderr
