@@ -130,10 +130,15 @@ def test_eval_mode_for_the_lifetime_then_restored():
     model.train()
     model[1].eval()  # a mixed state must come back exactly
     stats = model[1].running_mean.clone()
+    features = model[0](x).detach()
+    reference = torch.nn.functional.batch_norm(features, model[1].running_mean, model[1].running_var, model[1].weight,
+                                               model[1].bias, training=False, eps=model[1].eps)
     with HessianOperator(model, loss, [(x, y)]) as op:
         assert not any(m.training for m in model.modules())
+        torch.testing.assert_close(model[1](features), reference, rtol=1e-12, atol=1e-12)  # BatchNorm as its affine form
         op.matvec(torch.ones(op.shape[0], dtype=torch.float64))
     assert model.training and not model[1].training
+    assert "forward" not in vars(model[1])  # the class's forward again
     torch.testing.assert_close(model[1].running_mean, stats, rtol=0, atol=0)
 
 

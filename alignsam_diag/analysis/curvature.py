@@ -17,12 +17,17 @@ samples). On a CPU, looping the second backward over the K vectors was faster th
 
 The model runs in eval mode (BatchNorm uses its running statistics, dropout is off) for the
 operator's lifetime; :meth:`close` (or leaving the ``with`` block) restores each module's
-training flag. Batches are used in the given order, with no augmentation.
+training flag. In eval mode BatchNorm is the affine map x·s + t with s = γ/√(var + ε) and
+t = β − mean·s; for the operator's lifetime each BatchNorm layer computes it in that form, whose
+second derivatives are a few products, instead of through ``native_batch_norm``'s double
+backward (written for training mode and about a third of a product's time in a small CNN).
+Batches are used in the given order, with no augmentation.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import types
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -33,6 +38,29 @@ from ..progress import ProgressFn, report
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _eval_batchnorm_as_affine(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """Eval-mode BatchNorm (any dimension) as x·s + t; equal to ``F.batch_norm`` with running stats."""
+    scale = torch.rsqrt(self.running_var + self.eps)
+    if self.weight is not None:
+        scale = scale * self.weight
+    shift = -self.running_mean * scale
+    if self.bias is not None:
+        shift = shift + self.bias
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return x * scale.view(shape) + shift.view(shape)
+
+
+def _patch_batchnorm(model: nn.Module) -> list[nn.Module]:
+    """Make every BatchNorm layer with running statistics compute its eval-mode affine form
+    (an instance-level ``forward``; removed by deleting it). Returns the patched layers."""
+    patched = [m for m in model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None
+               and "forward" not in vars(m)]
+    for m in patched:
+        m.forward = types.MethodType(_eval_batchnorm_as_affine, m)
+    return patched
 
 
 def select_parameters(model: nn.Module, patterns: str | Sequence[str] | None) -> dict[str, nn.Parameter]:
@@ -82,6 +110,7 @@ class HessianOperator:
         self.num_products = 0
         self._training_flags = {m: m.training for m in model.modules()}
         model.eval()
+        self._patched = _patch_batchnorm(model)
         self._graphs: Optional[list[tuple[torch.Tensor, ...]]] = None
 
     # -- the linear-operator interface -------------------------------------------------------
@@ -120,6 +149,9 @@ class HessianOperator:
     def close(self) -> None:
         """Drop kept graphs and restore every module's training flag."""
         self._graphs = None
+        for module in self._patched:
+            del module.forward
+        self._patched = []
         for module, training in self._training_flags.items():
             module.train(training)
 
