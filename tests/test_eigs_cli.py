@@ -13,43 +13,19 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from cli.app import app
-
 from alignsam_diag.analysis.curvature import HessianOperator
 from alignsam_diag.analysis.lanczos import lanczos
-from alignsam_diag.data import DataSpec
 from alignsam_diag.inputs import load_inputs
-from alignsam_diag.models import ModelSpec, build_model
-from alignsam_diag.models.checkpoint import save_checkpoint
+from conftest import invoke
 
-SPEC = ModelSpec("cnn-small", 10, 1, 8, {"width": 8})
 FAST = ["--samples", "300", "--batch-size", "150", "--device", "cpu"]
 EVERY_PART = ["--trace", "--trace-probes", "30", "--density", "--density-steps", "20", "--density-runs", "2",
               "--save-vectors"]
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Two small digits checkpoints in folders named like training runs."""
-    root = tmp_path_factory.mktemp("runs")
-    paths = []
-    for seed, name in ((0, "sgd"), (1, "sam")):
-        torch.manual_seed(seed)
-        save_checkpoint(root / name / "last.pt", {"state_dict": build_model(SPEC).state_dict(),
-                                                 "model": SPEC.to_dict(), "data": DataSpec("digits").to_dict()})
-        paths.append(root / name / "last.pt")
-    return paths
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def test_json_values_table10_and_density_figure(tmp_path, checkpoints):
     out = tmp_path / "eigs.h5"
-    result = run("eigs", *checkpoints, *FAST, *EVERY_PART, "--out", out, "--json")
+    result = invoke("eigs", *checkpoints, *FAST, *EVERY_PART, "--out", out, "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert [r["checkpoint"] for r in report] == [str(p) for p in checkpoints]
@@ -65,7 +41,7 @@ def test_json_values_table10_and_density_figure(tmp_path, checkpoints):
     with h5py.File(out) as f:
         assert f[str(checkpoints[0]).replace("/", "|")]["eigenvectors"].shape[0] == 5
 
-    text = run("eigs", *checkpoints, *FAST, *EVERY_PART, "--out", out)  # same options: read back, nothing recomputed
+    text = invoke("eigs", *checkpoints, *FAST, *EVERY_PART, "--out", out)  # same options: read back, nothing recomputed
     assert text.exit_code == 0, text.stderr
     header, *rows = text.stdout.strip().splitlines()
     assert header.split()[:6] == ["checkpoint", "λ1", "λ1/λ2", "λ1/λ3", "λ1/λ4", "λ1/λ5"]
@@ -77,7 +53,7 @@ def test_json_values_table10_and_density_figure(tmp_path, checkpoints):
         assert int(cells[6]) == r["hvps"]
 
     figure = tmp_path / "density.png"
-    made = run("figures", "density", out, "--out", figure)
+    made = invoke("figures", "density", out, "--out", figure)
     assert made.exit_code == 0, made.stderr
     assert figure.stat().st_size > 10_000
 
@@ -105,9 +81,9 @@ def test_resume_after_killing_the_cli(tmp_path, cli, cli_env, checkpoints):
         saved = f[key]["lanczos_state/coeffs"].shape[1]
     assert 5 <= saved
 
-    resumed = run(*args, "--out", out)
+    resumed = invoke(*args, "--out", out)
     assert resumed.exit_code == 0, resumed.stderr
-    whole = run(*args, "--out", tmp_path / "whole.h5")
+    whole = invoke(*args, "--out", tmp_path / "whole.h5")
     assert whole.exit_code == 0, whole.stderr
     (r,), (w,) = json.loads(resumed.stdout), json.loads(whole.stdout)
     assert saved < w["hvps"] and r["hvps"] == w["hvps"]
@@ -130,24 +106,24 @@ BAD = [
 
 @pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_input_is_one_clear_line(checkpoints, args, message):
-    result = run("eigs", checkpoints[0], *FAST, *args)
+    result = invoke("eigs", checkpoints[0], *FAST, *args)
     assert result.exit_code == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
 
 
 def test_missing_file_other_settings_and_foreign_out_file(tmp_path, checkpoints):
-    missing = run("eigs", tmp_path / "nope.pt", *FAST)
+    missing = invoke("eigs", tmp_path / "nope.pt", *FAST)
     assert missing.exit_code == 2 and "no such checkpoint file" in missing.stderr
     out = tmp_path / "e.h5"
-    assert run("eigs", checkpoints[0], *FAST, "--k", "2", "--out", out).exit_code == 0
-    other = run("eigs", checkpoints[0], *FAST, "--k", "3", "--out", out)
+    assert invoke("eigs", checkpoints[0], *FAST, "--k", "2", "--out", out).exit_code == 0
+    other = invoke("eigs", checkpoints[0], *FAST, "--k", "3", "--out", out)
     assert other.exit_code == 2 and "other settings (k)" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
     foreign = tmp_path / "foreign.h5"
     with h5py.File(foreign, "w") as f:
         f["x"] = 1
-    wrong = run("eigs", checkpoints[0], *FAST, "--out", foreign)
+    wrong = invoke("eigs", checkpoints[0], *FAST, "--out", foreign)
     assert wrong.exit_code == 2 and "not an eigs result file" in wrong.stderr
-    no_density = run("figures", "density", out)
+    no_density = invoke("figures", "density", out)
     assert no_density.exit_code == 2 and "--density" in no_density.stderr

@@ -12,16 +12,10 @@ import time
 import h5py
 import numpy as np
 import pytest
-import torch
-from typer.testing import CliRunner
 
-from alignsam_diag.data import DataSpec
-from alignsam_diag.models import ModelSpec, build_model
-from alignsam_diag.models.checkpoint import save_checkpoint
 from alignsam_diag.store.landscape import read_landscape
-from cli.app import app
+from conftest import invoke
 
-SPEC = ModelSpec("cnn-small", 10, 1, 8, {"width": 8})
 FAST = ["--samples", "300", "--batch-size", "150", "--points-per-pass", "3", "--device", "cpu"]
 
 
@@ -30,28 +24,9 @@ def env(cli_env):
     return {**cli_env, "OMP_NUM_THREADS": "1"}  # the same numbers in every process, and fast on 2 cores
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Two small digits checkpoints, in folders named like training runs."""
-    root = tmp_path_factory.mktemp("runs")
-    paths = []
-    for seed, name in ((0, "sgd"), (1, "sam")):
-        torch.manual_seed(seed)
-        model = build_model(SPEC)
-        save_checkpoint(root / name / "last.pt", {"state_dict": model.state_dict(), "model": SPEC.to_dict(),
-                                                 "data": DataSpec("digits").to_dict()})
-        paths.append(root / name / "last.pt")
-    return paths
-
-
-def run(*args):
-    """The CLI in this process: exit_code, stdout and stderr as a user would see them."""
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def test_json_two_checkpoints_and_figures(tmp_path, checkpoints):
     out = tmp_path / "plane.h5"
-    result = run("landscape", *checkpoints, "--grid", "5", "--xrange", "-1:1", "--yrange", "-0.5:0.5",
+    result = invoke("landscape", *checkpoints, "--grid", "5", "--xrange", "-1:1", "--yrange", "-0.5:0.5",
                  *FAST, "--out", out, "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
@@ -69,7 +44,7 @@ def test_json_two_checkpoints_and_figures(tmp_path, checkpoints):
 
     figures = tmp_path / "figs"
     for kind, fmt in (("contourf", "png"), ("surface", "pdf")):
-        made = run("figures", "landscape", out, "--kind", kind, "--log", "--format", fmt,
+        made = invoke("figures", "landscape", out, "--kind", kind, "--log", "--format", fmt,
                    "--labels", "SGD,SAM", "--out", figures)
         assert made.exit_code == 0, made.stderr
         assert (figures / f"plane-{kind}-log.{fmt}").stat().st_size > 1000
@@ -90,12 +65,12 @@ def test_resume_after_killing_the_cli(tmp_path, cli, env, checkpoints):
     done_before = int(read_landscape(out).groups[0].surface.done.sum())
     assert 12 <= done_before < 225
 
-    resumed = run(*args, "--out", out, "--json")
+    resumed = invoke(*args, "--out", out, "--json")
     assert resumed.exit_code == 0, resumed.stderr
     (r,) = json.loads(resumed.stdout)["results"]
     assert r["cells_computed"] == 225 - done_before and r["cells_done"] == 225
 
-    whole = run(*args, "--out", tmp_path / "whole.h5", "--json")
+    whole = invoke(*args, "--out", tmp_path / "whole.h5", "--json")
     assert whole.exit_code == 0, whole.stderr
     (w,) = json.loads(whole.stdout)["results"]
     assert w["cells_computed"] == 225
@@ -116,7 +91,7 @@ BAD = [
 @pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_input_is_one_clear_line(tmp_path, checkpoints, args, message):
     out = tmp_path / "x.h5"
-    result = run("landscape", checkpoints[0], "--grid", "3", *FAST, *args, "--out", out)
+    result = invoke("landscape", checkpoints[0], "--grid", "3", *FAST, *args, "--out", out)
     assert result.exit_code == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
@@ -125,13 +100,13 @@ def test_bad_input_is_one_clear_line(tmp_path, checkpoints, args, message):
 
 def test_missing_checkpoint_resume_mismatch_and_bad_figure_input(tmp_path, checkpoints):
     out = tmp_path / "one.h5"
-    missing = run("landscape", checkpoints[0], tmp_path / "nope.pt", *FAST, "--out", out)
+    missing = invoke("landscape", checkpoints[0], tmp_path / "nope.pt", *FAST, "--out", out)
     assert missing.exit_code == 2 and "no such checkpoint file" in missing.stderr and not out.exists()
-    first = run("landscape", checkpoints[0], "--dim", "1", "--grid", "3", *FAST, "--out", out)
+    first = invoke("landscape", checkpoints[0], "--dim", "1", "--grid", "3", *FAST, "--out", out)
     assert first.exit_code == 0, first.stderr
-    other = run("landscape", checkpoints[0], "--dim", "1", "--grid", "5", *FAST, "--out", out)
+    other = invoke("landscape", checkpoints[0], "--dim", "1", "--grid", "5", *FAST, "--out", out)
     assert other.exit_code == 2 and "grid 3 (now 5)" in other.stderr and len(other.stderr.strip().splitlines()) == 1
-    wrong_kind = run("figures", "landscape", out, "--kind", "contour", "--out", tmp_path)
+    wrong_kind = invoke("figures", "landscape", out, "--kind", "contour", "--out", tmp_path)
     assert wrong_kind.exit_code == 2 and "use --kind curve" in wrong_kind.stderr
-    not_h5 = run("figures", "landscape", checkpoints[0], "--out", tmp_path)
+    not_h5 = invoke("figures", "landscape", checkpoints[0], "--out", tmp_path)
     assert not_h5.exit_code == 2 and "error: " in not_h5.stderr
