@@ -80,6 +80,9 @@ def eigs(
     density_steps: Annotated[int, Opt("--density-steps", help="Lanczos steps per SLQ run.")] = 80,
     density_runs: Annotated[int, Opt("--density-runs", help="SLQ runs (random start vectors).")] = 4,
     save_vectors: Annotated[bool, Opt("--save-vectors", help="Store the eigenvectors in --out.")] = False,
+    start_vectors: Annotated[Optional[Path], Opt(
+        "--start-vectors", help="Start Lanczos from the eigenvectors in this eigs file (--save-vectors), e.g. of "
+                                "--samples 4096: fewer products with --full.")] = None,
     backend: Annotated[str, Opt("--backend", help="ours | pyhessian (PyHessian's power iteration, "
                                                   "for comparison with published values).")] = "ours",
     dataset: Dataset = None,
@@ -97,7 +100,7 @@ def eigs(
     samples), printed as the paper's Table 10 (λ1, λ1/λ2 … λ1/λk), one row per checkpoint."""
     options = EigsOptions(k, which, tol, max_iter, seed, params, backend, save_vectors,
                           trace_method if trace else None, trace_probes, density, density_steps, density_runs,
-                          keep_graph=not full if keep_graph is None else keep_graph)
+                          str(start_vectors) if start_vectors else None, keep_graph=not full if keep_graph is None else keep_graph)
     options.validate()
     if (save_vectors or density) and out is None:
         raise UserError("--save-vectors and --density store their results: give --out FILE.h5.")

@@ -127,3 +127,26 @@ def test_missing_file_other_settings_and_foreign_out_file(tmp_path, checkpoints)
     assert wrong.exit_code == 2 and "not an eigs result file" in wrong.stderr
     no_density = invoke("figures", "density", out)
     assert no_density.exit_code == 2 and "--density" in no_density.stderr
+
+
+def test_start_vectors_from_a_subsample(tmp_path, checkpoints):
+    """Eigenvectors of a 150-sample run start the 600-sample run: its eigenvalues are those of a
+    cold start on the same samples; a file over other parameters is refused in one line."""
+    sub = tmp_path / "sub.h5"
+    made = invoke("eigs", checkpoints[0], "--samples", "150", "--device", "cpu", "--tol", "1e-2",
+                  "--save-vectors", "--out", sub)
+    assert made.exit_code == 0, made.stderr
+    args = ["eigs", checkpoints[0], "--samples", "600", "--batch-size", "200", "--device", "cpu", "--tol", "1e-6",
+            "--json"]
+    warm = invoke(*args, "--start-vectors", sub, "--out", tmp_path / "warm.h5")
+    cold = invoke(*args)
+    assert warm.exit_code == 0 and cold.exit_code == 0, warm.stderr + cold.stderr
+    (w,), (c,) = json.loads(warm.stdout), json.loads(cold.stdout)
+    assert w["converged"] and c["converged"]
+    np.testing.assert_allclose(w["eigenvalues"], c["eigenvalues"], rtol=1e-4)
+    with h5py.File(tmp_path / "warm.h5", "r") as f:
+        assert json.loads(f[str(checkpoints[0]).replace("/", "|")].attrs["options"])["start_vectors"] == str(sub)
+
+    subset = invoke(*args, "--params", "9.*", "--start-vectors", sub)
+    assert subset.exit_code == 2 and len(subset.stderr.strip().splitlines()) == 1
+    assert "--start-vectors" in subset.stderr and "same architecture and --params" in subset.stderr

@@ -124,14 +124,9 @@ def eigenvector_directions(model: nn.Module, path: str | os.PathLike, count: int
     """The top ``count`` Hessian eigenvectors stored by ``eigs --save-vectors`` in ``path`` (unit
     length, so coordinates are distances in parameter space): those of ``checkpoint``, or of the
     file's only checkpoint."""
-    from ..store.spectrum import read_eigenvectors
+    from ..store.spectrum import eigenvectors_of
 
-    try:
-        names, vectors = read_eigenvectors(path, checkpoint)
-    except UserError:
-        if checkpoint is None:
-            raise
-        names, vectors = read_eigenvectors(path, None)  # a file of one checkpoint, stored under another path
+    names, vectors = eigenvectors_of(path, checkpoint)
     if vectors.shape[0] < count:
         raise UserError(f"{path}: holds {vectors.shape[0]} eigenvector(s) but {count} are needed; "
                         f"rerun eigs with --save-vectors and at least {count} eigenvalues.")

@@ -194,6 +194,17 @@ def wanted_pairs(state: LanczosState, which: str, k: int) -> tuple[np.ndarray, n
     return theta[chosen], s[:, chosen], state.ritz_residuals(theta[chosen], s[:, chosen]), float(np.abs(theta).max())
 
 
+def warm_start(vectors: torch.Tensor) -> torch.Tensor:
+    """A start vector (P,) float64 for :func:`lanczos` from approximate eigenvectors (m, P): the sum
+    of the rows, each scaled to unit length, so that each is an equal part of the first Krylov
+    vector (their signs do not matter)."""
+    rows = vectors.to(torch.float64)
+    norms = rows.norm(dim=1, keepdim=True)
+    if rows.ndim != 2 or not bool(torch.all(norms > 0)):
+        raise UserError("start vectors must be nonzero rows of a (m, P) array.")
+    return (rows / norms).sum(dim=0)
+
+
 def check_options(k: int, which: str, tol: float, max_iter: int, size: Optional[int] = None) -> None:
     """Raise a one-line :class:`UserError` for invalid :func:`lanczos` options (``size``: the
     operator's dimension, when known)."""
@@ -210,20 +221,25 @@ def check_options(k: int, which: str, tol: float, max_iter: int, size: Optional[
 
 
 def lanczos(op: LinearOperator, k: int = 5, which: str = "LM", tol: float = 1e-3, max_iter: int = 100,
-            seed: int = 0, *, state: Optional[LanczosState] = None,
+            seed: int = 0, *, start: Optional[torch.Tensor] = None, state: Optional[LanczosState] = None,
             on_step: Optional[Callable[[LanczosState], None]] = None, eigenvectors: bool = False,
             progress: Optional[ProgressFn] = None) -> Spectrum:
     """The k eigenpairs of ``op`` wanted by ``which`` (LM | LA | SA).
 
     Stops when every wanted Ritz pair has ‖Hv − λv‖ ≤ tol·|λ_max|, after ``max_iter`` products,
-    or when the Krylov space is the whole space. ``state`` continues a saved run (same operator
+    or when the Krylov space is the whole space. ``start`` (P,) is the first Krylov vector
+    (default: a Gaussian one drawn with ``seed``); a vector close to the wanted eigenvectors'
+    span — e.g. the sum of eigenvectors of a subsample's Hessian, see :func:`warm_start` —
+    needs fewer products. ``state`` continues a saved run (same operator
     and seed); ``on_step(state)`` is called after every product (save it there to make the run
     resumable; an exception raised there stops the run). ``progress`` gets task ``"lanczos"``.
     """
     size = op.shape[0]
     check_options(k, which, tol, max_iter, size)
+    if start is not None and start.shape != (size,):
+        raise UserError(f"the start vector has shape {tuple(start.shape)}; the operator needs ({size},).")
     if state is None:
-        state = LanczosState.start(size, seed, op.device)
+        state = LanczosState.start(size, seed, op.device, first=start)
     elif state.size != size:
         raise UserError(f"the saved Lanczos state has {state.size} parameters, the model {size}; "
                         "it belongs to another model — use another --out file.")

@@ -13,15 +13,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
 from ..progress import ProgressFn
-from ..store.spectrum import EigsRecord, read_records, write_record
+from ..store.spectrum import EigsRecord, eigenvectors_of, read_records, write_record
 from .curvature import Batch, HessianOperator
 from .density import spectral_density
-from .lanczos import LanczosState, check_options, lanczos
+from .lanczos import LanczosState, check_options, lanczos, warm_start
 from .pyhessian_backend import pyhessian_eigenvalues
 from .trace import TRACE_METHODS
 
@@ -34,7 +35,9 @@ class EigsOptions:
 
     params: parameter-name patterns (None: all). backend: "ours" or "pyhessian" (its power
     iteration; no parameter subsets, not resumable). trace: "hutch++", "hutchinson" or None.
-    density: SLQ with ``density_runs`` runs of ``density_steps`` products. keep_graph: see
+    density: SLQ with ``density_runs`` runs of ``density_steps`` products. start_vectors: an eigs
+    file with eigenvectors (``--save-vectors``) of the same parameters, e.g. of a subsample's
+    Hessian, whose sum starts Lanczos (see :func:`.lanczos.warm_start`). keep_graph: see
     :class:`.curvature.HessianOperator` (speed and memory only, so not part of the stored options).
     """
 
@@ -51,6 +54,7 @@ class EigsOptions:
     density: bool = False
     density_steps: int = 80
     density_runs: int = 4
+    start_vectors: Optional[str] = None
     keep_graph: bool = True
 
     def validate(self) -> None:
@@ -61,6 +65,8 @@ class EigsOptions:
         if self.backend == "pyhessian" and (self.params or self.which != "LM"):
             raise UserError("--backend pyhessian computes largest-magnitude eigenvalues of all parameters: "
                             "drop --params and --which.")
+        if self.backend == "pyhessian" and self.start_vectors:
+            raise UserError("--start-vectors starts our Lanczos; it does not apply to --backend pyhessian.")
         if self.trace is not None and self.trace not in TRACE_METHODS:
             raise UserError(f"--trace-method {self.trace}: choose {' or '.join(TRACE_METHODS)}.")
 
@@ -71,6 +77,17 @@ class EigsOptions:
 
 def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+
+
+def _start_vector(path: str, checkpoint: str, param_names: list[str]) -> torch.Tensor:
+    """The warm start (P,) from the eigenvectors stored in ``path`` for ``checkpoint`` (or for the
+    file's only checkpoint), which must be over the same parameters as this run."""
+    names, vectors = eigenvectors_of(path, checkpoint)
+    if names != param_names:
+        raise UserError(f"--start-vectors {path}: its eigenvectors are over {len(names)} parameter tensors, this "
+                        f"run's over {len(param_names)} (or in another order); use an eigs file of the same "
+                        "architecture and --params.")
+    return warm_start(vectors)
 
 
 def analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[Batch], options: EigsOptions,
@@ -105,8 +122,11 @@ def analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[B
                 record.spectrum = pyhessian_eigenvalues(model, F.cross_entropy, batches, options.k, options.tol,
                                                         options.max_iter, options.seed)
             else:
+                start = None
+                if record.state is None and options.start_vectors:
+                    start = _start_vector(options.start_vectors, str(checkpoint), op.param_names)
                 record.spectrum = lanczos(op, options.k, options.which, options.tol, options.max_iter, options.seed,
-                                          state=record.state, on_step=save if out is not None else None,
+                                          start=start, state=record.state, on_step=save if out is not None else None,
                                           eigenvectors=options.save_vectors, progress=progress)
             if not options.save_vectors:
                 record.spectrum.eigenvectors = None

@@ -164,6 +164,17 @@ def read_eigenvectors(path: str | os.PathLike, group: Optional[str] = None) -> t
         return param_names, torch.from_numpy(g["eigenvectors"][()])
 
 
+def eigenvectors_of(path: str | os.PathLike, checkpoint: Optional[str] = None) -> tuple[list[str], torch.Tensor]:
+    """:func:`read_eigenvectors` of ``checkpoint``, or of the file's only checkpoint when the file
+    holds none under that path (e.g. eigenvectors computed for a copy of the checkpoint)."""
+    try:
+        return read_eigenvectors(path, checkpoint)
+    except UserError:
+        if checkpoint is None:
+            raise
+        return read_eigenvectors(path, None)
+
+
 @contextlib.contextmanager
 def _open_eigs(path: str | os.PathLike) -> Iterator[h5py.File]:
     """``open_h5`` that also checks that the file is an eigs result file."""
