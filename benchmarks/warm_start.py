@@ -14,27 +14,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import markdown_table, sync, write_results  # noqa: E402
-from eigs import briefly_trained, relative_error  # noqa: E402
+from _common import markdown_table, write_results  # noqa: E402
+from eigs import briefly_trained, relative_error, timed_call  # noqa: E402
 
 from alignsam_diag.analysis.curvature import HessianOperator  # noqa: E402
 from alignsam_diag.analysis.lanczos import lanczos, warm_start  # noqa: E402
 from alignsam_diag.data import DataSpec, fixed_batches, load_data, sample_subset  # noqa: E402
-
-
-def run(op: HessianOperator, device: torch.device, **kwargs):
-    sync(device)
-    start = time.perf_counter()
-    result = lanczos(op, **kwargs)
-    sync(device)
-    return result, time.perf_counter() - start
 
 
 def main() -> None:
@@ -59,10 +50,11 @@ def main() -> None:
     sub = fixed_batches(sample_subset(train_set, args.subsample, 0), args.batch_size)
 
     with HessianOperator(model, F.cross_entropy, sub, keep_graph=True) as op:
-        guess, guess_seconds = run(op, device, k=args.k, tol=1e-2, eigenvectors=True)
+        guess, guess_seconds = timed_call(lambda: lanczos(op, k=args.k, tol=1e-2, eigenvectors=True), device)
     with HessianOperator(model, F.cross_entropy, whole) as op:
-        cold, cold_seconds = run(op, device, k=args.k, tol=args.tol)
-        warm, warm_seconds = run(op, device, k=args.k, tol=args.tol, start=warm_start(guess.eigenvectors))
+        cold, cold_seconds = timed_call(lambda: lanczos(op, k=args.k, tol=args.tol), device)
+        start = warm_start(guess.eigenvectors)
+        warm, warm_seconds = timed_call(lambda: lanczos(op, k=args.k, tol=args.tol, start=start), device)
         samples = op.num_samples
 
     rows = [

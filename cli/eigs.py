@@ -100,7 +100,8 @@ def eigs(
     samples), printed as the paper's Table 10 (λ1, λ1/λ2 … λ1/λk), one row per checkpoint."""
     options = EigsOptions(k, which, tol, max_iter, seed, params, backend, save_vectors,
                           trace_method if trace else None, trace_probes, density, density_steps, density_runs,
-                          str(start_vectors) if start_vectors else None, keep_graph=not full if keep_graph is None else keep_graph)
+                          str(start_vectors) if start_vectors else None,
+                          keep_graph=not full if keep_graph is None else keep_graph)
     options.validate()
     if (save_vectors or density) and out is None:
         raise UserError("--save-vectors and --density store their results: give --out FILE.h5.")

@@ -149,3 +149,9 @@ def test_start_vector_of_the_wrong_size_is_a_user_error():
     with HessianOperator(model, loss, [(x, y)]) as op:
         with pytest.raises(UserError, match=r"start vector has shape \(5,\)"):
             lanczos(op, k=2, start=torch.ones(5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("vectors", [torch.ones(4), torch.zeros(2, 3)], ids=["one-dimensional", "zero-row"])
+def test_warm_start_refuses_what_is_not_nonzero_rows(vectors):
+    with pytest.raises(UserError, match="nonzero rows"):
+        warm_start(vectors)

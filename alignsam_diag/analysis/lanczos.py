@@ -199,7 +199,7 @@ def warm_start(vectors: torch.Tensor) -> torch.Tensor:
     of the rows, each scaled to unit length, so that each is an equal part of the first Krylov
     vector (their signs do not matter)."""
     rows = vectors.to(torch.float64)
-    norms = rows.norm(dim=1, keepdim=True)
+    norms = rows.norm(dim=-1, keepdim=True)
     if rows.ndim != 2 or not bool(torch.all(norms > 0)):
         raise UserError("start vectors must be nonzero rows of a (m, P) array.")
     return (rows / norms).sum(dim=0)
