@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
@@ -28,9 +29,11 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into one clear line and a non-zero exit (traceback with --debug).
 
     A :class:`UserError` exits with 2, an interrupt with 130 (finished work is kept), anything
-    else is a bug: one line, exit 1."""
+    else is a bug: one line, exit 1. SIGTERM (what batch schedulers and ``kill`` send) counts as
+    an interrupt, so a job stopped that way also ends with the rerun hint."""
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort):
@@ -49,6 +52,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.stderr.write(f"internal error: {type(err).__name__}: {err}. Rerun with --debug for the "
                              "traceback and please report it.\n")
             raise typer.Exit(1) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     return run
 
 # Options shared by several commands (Annotated, so each command declares them in one line).

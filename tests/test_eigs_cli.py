@@ -58,27 +58,38 @@ def test_json_values_table10_and_density_figure(tmp_path, checkpoints):
     assert figure.stat().st_size > 10_000
 
 
+def _saved_products(out, key) -> int:
+    """Lanczos products saved in a (possibly still running) eigs output file."""
+    with h5py.File(out, "r") as f:
+        return f[key]["lanczos_state/coeffs"].shape[1]
+
+
+def _start_and_wait_for_products(cli, cli_env, args, out, checkpoint, products):
+    """Start eigs as a real process (stderr to ``out``.log) and return once it has saved
+    ``products`` Lanczos products."""
+    with open(out.with_suffix(".log"), "w") as log:
+        job = subprocess.Popen([*cli, *map(str, args), "--out", str(out)],
+                               env={**cli_env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=log)
+    key = str(checkpoint).replace("/", "|")
+    deadline, saved = time.monotonic() + 120, 0
+    while time.monotonic() < deadline and job.poll() is None and saved < products:
+        try:
+            saved = _saved_products(out, key)
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.02)
+    return job, key
+
+
 def test_resume_after_killing_the_cli(tmp_path, cli, cli_env, checkpoints):
     """A run killed after some products continues from them: the resumed run's total product
     count and eigenvalues are those of an uninterrupted run."""
     args = ["eigs", checkpoints[0], *FAST, "--no-keep-graph", "--tol", "1e-7", "--max-iter", "80", "--json"]
     out = tmp_path / "killed.h5"
-    job = subprocess.Popen([*cli, *map(str, args), "--out", str(out)],
-                           env={**cli_env, "OMP_NUM_THREADS": "1"},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    key = str(checkpoints[0]).replace("/", "|")
-    deadline, saved = time.monotonic() + 120, 0
-    while time.monotonic() < deadline and job.poll() is None and saved < 5:
-        try:
-            with h5py.File(out, "r") as f:
-                saved = f[key]["lanczos_state/coeffs"].shape[1]
-        except (OSError, KeyError):
-            pass
-        time.sleep(0.02)
+    job, key = _start_and_wait_for_products(cli, cli_env, args, out, checkpoints[0], 5)
     job.send_signal(signal.SIGKILL)
     assert job.wait() == -signal.SIGKILL
-    with h5py.File(out, "r") as f:
-        saved = f[key]["lanczos_state/coeffs"].shape[1]
+    saved = _saved_products(out, key)
     assert 5 <= saved
 
     resumed = invoke(*args, "--out", out)
@@ -90,6 +101,19 @@ def test_resume_after_killing_the_cli(tmp_path, cli, cli_env, checkpoints):
     np.testing.assert_allclose(r["eigenvalues"], w["eigenvalues"], rtol=1e-10)
     with h5py.File(out, "r") as f:
         assert "lanczos_state" not in f[key]
+
+
+def test_sigterm_ends_with_the_rerun_hint(tmp_path, cli, cli_env, checkpoints):
+    """SIGTERM (batch schedulers, ``kill``) is an interrupt: exit 130, one line saying the finished
+    products are saved, no traceback, and the saved state is readable."""
+    args = ["eigs", checkpoints[0], *FAST, "--no-keep-graph", "--tol", "1e-7", "--max-iter", "80"]
+    out = tmp_path / "terminated.h5"
+    job, key = _start_and_wait_for_products(cli, cli_env, args, out, checkpoints[0], 3)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=60) == 130
+    stderr = out.with_suffix(".log").read_text()
+    assert "interrupted; finished work is saved" in stderr and "Traceback" not in stderr
+    assert _saved_products(out, key) >= 3
 
 
 BAD = [
