@@ -8,6 +8,7 @@ import functools
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
 
@@ -33,9 +34,9 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     an interrupt, so a job stopped that way also ends with the rerun hint."""
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
-            return command(*args, **kwargs)
+            with _sigterm_as_interrupt():
+                return command(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
         except UserError as err:
@@ -52,9 +53,21 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.stderr.write(f"internal error: {type(err).__name__}: {err}. Rerun with --debug for the "
                              "traceback and please report it.\n")
             raise typer.Exit(1) from None
-        finally:
-            signal.signal(signal.SIGTERM, previous)
     return run
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises KeyboardInterrupt (only the main thread can set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
 
 # Options shared by several commands (Annotated, so each command declares them in one line).
 Dataset = Annotated[Optional[str], typer.Option(

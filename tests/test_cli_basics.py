@@ -2,13 +2,16 @@
 no traceback, no partial outputs."""
 
 import json
+import signal
 import subprocess
+import threading
 
 import pytest
 import torch
 
 from alignsam_diag.models import ModelSpec, build_model
 from cli.app import COMMANDS
+from cli.common import handle_errors
 
 
 def run(cli, env, *args, cwd=None):
@@ -79,3 +82,19 @@ def test_inspect_third_party_state_dict(tmp_path, cli, cli_env):
     assert no_arch.returncode == 2 and "--arch" in no_arch.stderr
     shown = json.loads(run(cli, cli_env, "inspect", str(tmp_path / "ddp.pth"), "--arch", "resnet32", "--json").stdout)
     assert shown["num_classes"] == 100 and shown["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_sigterm_handling_is_scoped_to_the_command():
+    """Commands see SIGTERM as an interrupt only while they run (the caller's handler comes back),
+    and a command called from a worker thread, where handlers cannot be set, still runs."""
+    seen = []
+    command = handle_errors(lambda: seen.append(signal.getsignal(signal.SIGTERM)) or "ran")
+    before = signal.getsignal(signal.SIGTERM)
+    assert command() == "ran"
+    assert seen[-1] is signal.default_int_handler and signal.getsignal(signal.SIGTERM) is before
+
+    result = []
+    worker = threading.Thread(target=lambda: result.append(command()))
+    worker.start()
+    worker.join()
+    assert result == ["ran"] and seen[-1] is before
