@@ -28,6 +28,7 @@ class DataSpec:
     label_noise: fraction of training labels flipped to a different class, chosen by ``seed``.
     augment: the paper's CIFAR augmentation (4-px pad, random crop, flip); None = source default.
     normalise: subtract the per-channel mean and divide by the std (the source's constants).
+    download: fetch a missing data set (CIFAR); a runtime choice, never stored in a checkpoint.
     """
 
     name: str = "digits"
@@ -39,12 +40,31 @@ class DataSpec:
     normalise: bool = True
     download: bool = False
 
+    def validate(self) -> None:
+        """Raise a one-line :class:`UserError` for the first invalid field."""
+        if not 0 <= self.seed < 2 ** 63:
+            raise UserError(f"--seed {self.seed}: must be a whole number between 0 and 2**63 - 1.")
+        if not 0.0 <= self.label_noise <= 1.0:
+            raise UserError(f"--label-noise {self.label_noise}: must be a fraction between 0 and 1.")
+        if self.subset is not None and self.subset < 1:
+            raise UserError(f"--subset {self.subset}: must be at least 1.")
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The stored form: every field but ``download``."""
+        return {k: v for k, v in asdict(self).items() if k != "download"}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        """Rebuild a stored spec (e.g. from a checkpoint: data from a stranger). Every field must
+        have its type; ``download`` is never taken from a file."""
+        types = {"name": (str,), "root": (str, type(None)), "subset": (int, type(None)),
+                 "label_noise": (float, int), "seed": (int,), "augment": (bool, type(None)), "normalise": (bool,)}
+        wrong = [k for k, allowed in types.items()
+                 if k in d and (not isinstance(d[k], allowed) or isinstance(d[k], bool) and bool not in allowed)]
+        if wrong:
+            raise UserError(f"the stored data spec has invalid {', '.join(wrong)} "
+                            f"({', '.join(repr(d[k]) for k in wrong)}); pass --dataset (and --data-root).")
+        return cls(**{k: d[k] for k in types if k in d})
 
 
 @dataclass
@@ -123,6 +143,7 @@ def _to_tensor(split: RawSplit, raw: RawData, normalise: bool, device: torch.dev
 
 def load_data(spec: DataSpec, device: str | torch.device = "cpu") -> DataSplits:
     """Load ``spec`` onto ``device``: subset first, then label noise (training split only)."""
+    spec.validate()
     device = torch.device(device)
     raw = load_source(spec.name, spec.root, spec.download)
     train_y = raw.train.y

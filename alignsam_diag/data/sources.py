@@ -102,6 +102,39 @@ def fashion_mnist(root: Optional[str], arg: str, download: bool) -> RawData:
     return RawData(splits[0], splits[1], 10, mean=(0.2860,), std=(0.3530,), augment=False)
 
 
+# What a CIFAR batch legitimately pickles besides dicts, lists, str and bytes (opcodes, not
+# classes): numpy arrays and their dtypes, under numpy 1's and numpy 2's module names.
+_CIFAR_CLASSES = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only the types a CIFAR batch holds; any other class or function (a payload
+    that would run code) raises :class:`pickle.UnpicklingError` before it is touched."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in _CIFAR_CLASSES:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused {module}.{name}: a CIFAR batch holds only dicts, lists, "
+                                     "strings, bytes and numpy arrays")
+
+
+def read_cifar_batch(path: Path) -> dict[str, object]:
+    """One of torchvision's CIFAR pickles, read with :class:`_CifarUnpickler` (never runs code)."""
+    try:
+        with open(path, "rb") as fh:
+            entry = _CifarUnpickler(fh, encoding="latin1").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+        raise UserError(f"{path}: not a CIFAR batch ({err}); replace it with torchvision's original file.") from None
+    if not isinstance(entry, dict) or "data" not in entry:
+        raise UserError(f"{path}: not a CIFAR batch (no 'data' entry); replace it with torchvision's original file.")
+    return entry
+
+
 def _cifar(root: Optional[str], download: bool, folder: str, url_name: str, num_classes: int,
            label_key: str, files: tuple[list[str], list[str]],
            mean: tuple[float, ...], std: tuple[float, ...]) -> RawData:
@@ -118,11 +151,9 @@ def _cifar(root: Optional[str], download: bool, folder: str, url_name: str, num_
     for names in files:
         xs, ys = [], []
         for name in names:
-            try:
-                with open(folder_path / name, "rb") as fh:
-                    entry = pickle.load(fh, encoding="latin1")
-            except (OSError, pickle.UnpicklingError, EOFError) as err:
-                raise UserError(f"{folder_path / name}: unreadable CIFAR batch ({err}).") from None
+            entry = read_cifar_batch(folder_path / name)
+            if label_key not in entry:
+                raise UserError(f"{folder_path / name}: not a {url_name} batch (no {label_key!r} entry).")
             xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             ys.append(np.asarray(entry[label_key], dtype=np.int64))
         splits.append(RawSplit(np.concatenate(xs), np.concatenate(ys)))
@@ -175,6 +206,9 @@ def imagefolder(root: Optional[str], arg: str, download: bool) -> RawData:
     if test_dir is None:
         raise UserError(f"{base}: no val/ or test/ folder next to train/.")
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+    if size and not (size.isdigit() and int(size) >= 1):
+        raise UserError(f"imagefolder:{arg}: the size after '@' must be a whole number of pixels, "
+                        f"e.g. imagefolder:{path_str}@32.")
     image_size = int(size) if size else 32
     train = _image_folder(train_dir, classes, image_size)
     test = _image_folder(test_dir, [c for c in classes if (test_dir / c).is_dir()], image_size)
@@ -182,24 +216,58 @@ def imagefolder(root: Optional[str], arg: str, download: bool) -> RawData:
     return RawData(train, test, len(classes), tuple(pixels.mean(0)), tuple(pixels.std(0)), augment=False)
 
 
+def _npz_split(arrays: dict[str, np.ndarray], x_key: str, y_key: str, path: Path) -> RawSplit:
+    """Check one (x, y) pair of an ``npz:`` file: real numbers N×D or N×C×H×W, finite; N whole,
+    non-negative labels."""
+    x, y = arrays[x_key], arrays[y_key]
+    where = f"npz:{path}"
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise UserError(f"{where}: {x_key!r} holds {x.dtype} values; it must hold real numbers (float32).")
+    if x.ndim not in (2, 4):
+        raise UserError(f"{where}: {x_key!r} has shape {x.shape}; it must be N×D (features) or N×C×H×W (images).")
+    if len(x) == 0:
+        raise UserError(f"{where}: {x_key!r} holds no samples.")
+    if y.ndim != 1 or len(y) != len(x):
+        raise UserError(f"{where}: {y_key!r} has shape {y.shape} but {x_key!r} has {len(x)} samples; "
+                        f"{y_key!r} must be one label per sample.")
+    if not np.isfinite(x).all():
+        raise UserError(f"{where}: {x_key!r} holds NaN or infinite values.")
+    if np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all():
+        y = y.astype(np.int64)  # whole numbers stored as floats are labels all the same
+    if not np.issubdtype(y.dtype, np.integer):
+        raise UserError(f"{where}: {y_key!r} holds {y.dtype} values that are not whole numbers; "
+                        "labels must be class indices 0…C−1.")
+    if y.min() < 0:
+        raise UserError(f"{where}: {y_key!r} holds negative labels ({int(y.min())}); labels must be class indices 0…C−1.")
+    return RawSplit(x.astype(np.float32), y.astype(np.int64))
+
+
 @SOURCES.register("npz")
 def npz(root: Optional[str], arg: str, download: bool) -> RawData:
-    """``npz:PATH`` — arrays ``x`` (float32 N×C×H×W or N×D) and ``y`` (int64), used exactly
-    as given; optional ``x_test``/``y_test`` form the test split (else the test split is the
-    training data)."""
+    """``npz:PATH`` — arrays ``x`` (real numbers, N×C×H×W or N×D) and ``y`` (class indices
+    0…C−1), used exactly as given (``x`` as float32); optional ``x_test``/``y_test`` form the test
+    split (else the test split is the training data). The file is read without unpickling."""
     path = Path(arg)
     if not path.is_file():
         raise UserError(f"{path}: no such .npz file.")
     try:
-        with np.load(path) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with loaded as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable .npz file ({err}).") from None
+    except (OSError, ValueError, EOFError, AttributeError) as err:
+        raise UserError(f"{path}: not a readable .npz file of plain arrays ({err}); "
+                        "write it with numpy.savez(path, x=..., y=...).") from None
     if "x" not in arrays or "y" not in arrays:
         raise UserError(f"{path}: needs arrays 'x' and 'y' (found {sorted(arrays)}).")
-    train = RawSplit(arrays["x"].astype(np.float32), arrays["y"].astype(np.int64))
-    test = (RawSplit(arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int64))
-            if "x_test" in arrays else train)
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise UserError(f"{path}: has {'x_test' if 'x_test' in arrays else 'y_test'} without its partner; "
+                        "give both x_test and y_test, or neither.")
+    train = _npz_split(arrays, "x", "y", path)
+    test = _npz_split(arrays, "x_test", "y_test", path) if "x_test" in arrays else train
+    if test.x.shape[1:] != train.x.shape[1:]:
+        raise UserError(f"{path}: x_test samples have shape {test.x.shape[1:]} but x samples {train.x.shape[1:]}.")
     num_classes = int(max(train.y.max(), test.y.max())) + 1
     return RawData(train, test, num_classes, mean=None, std=None, augment=False)
 
