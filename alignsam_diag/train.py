@@ -5,6 +5,9 @@ closure computes the loss on the batch it is asked for (``"train"`` or ``"aux"``
 ``backward()``; the optimizer decides how many passes to make. The loop never knows which
 variant it runs.
 
+A run folder has one writer at a time (:func:`alignsam_diag.files.output_lock`); a resumed run
+takes every option from its ``last.pt`` (:func:`resume`), only the epoch count may grow.
+
 Randomness is keyed by (seed, epoch): the epoch's sample order, the auxiliary-batch order and
 the augmentation draws come from generators seeded from those two numbers, so a run resumed
 from the checkpoint at the end of epoch e replays epoch e+1 exactly as an uninterrupted run.
@@ -12,11 +15,12 @@ from the checkpoint at the end of epoch e replays epoch e+1 exactly as an uninte
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +30,9 @@ from . import optim
 from .data import ArrayDataset, DataSpec, DataSplits, fixed_batches, load_data
 from .data.augment import pad_crop_flip
 from .errors import DivergedError, UserError
+from .files import DiskFullError, output_lock
 from .models import ModelSpec, build_model
-from .models.checkpoint import read_file, save_checkpoint
+from .models.checkpoint import FORMAT, check_stored_arch, read_file, save_checkpoint
 from .progress import ProgressFn, report
 from .store.history import COLUMNS, write_history
 
@@ -76,7 +81,15 @@ class TrainConfig:
                 raise UserError(message)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The stored form (the data spec without its runtime-only ``download``)."""
+        return {**asdict(self), "data": self.data.to_dict()}
+
+    def option(self, name: str) -> Any:
+        """A field by dotted name ("lr", "data.subset", "hyper.rho") in the stored form; None if unset."""
+        value: Any = self.to_dict()
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        return value
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -211,9 +224,8 @@ class Run:
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
         }
 
-    def restore(self, path: Path) -> None:
-        """Continue from checkpoint ``path`` written by this loop."""
-        ckpt = read_file(path)
+    def restore(self, ckpt: Mapping[str, Any]) -> None:
+        """Continue from ``ckpt``, a checkpoint written by this loop."""
         self.model.load_state_dict(ckpt["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         self.scheduler.load_state_dict(ckpt["scheduler_state"])
@@ -259,12 +271,19 @@ class Run:
                 last_report = now
                 loss_value = loss_sum.item() / seen
                 if not math.isfinite(loss_value):
-                    raise DivergedError(f"the training loss became {loss_value} in epoch {self.epoch + 1}, "
-                                        f"step {self.step}; lower --lr (or --rho). The last good checkpoint "
-                                        f"is kept in {self.run_dir}.")
+                    raise self.diverged(loss_value)
                 report(progress, "train", i + 1, len(stream), epoch=self.epoch + 1,
                        loss=loss_value, acc=correct.item() / seen, img_per_s=seen / (now - start))
         return loss_sum.item() / seen, correct.item() / seen
+
+    def diverged(self, loss: float) -> DivergedError:
+        """The error for a loss that became ``loss`` (NaN/inf), saying whether a checkpoint is kept."""
+        where = f"the training loss became {loss} in epoch {self.epoch + 1}, step {self.step}"
+        if (self.run_dir / "last.pt").exists():
+            return DivergedError(f"{where}; lower --lr (or --rho). The last good checkpoint is kept in "
+                                 f"{self.run_dir}.")
+        return DivergedError(f"{where}, before the first checkpoint, so nothing was saved; lower --lr (or --rho) "
+                             "or add --warmup-epochs, and start the run again.")
 
     def run(self, progress: Optional[ProgressFn] = None) -> TrainResult:
         cfg = self.config
@@ -284,33 +303,104 @@ class Run:
         return TrainResult({k: v[-1] for k, v in self.history.items() if v}, self.history, self.run_dir)
 
     def save(self) -> None:
+        """Write the epoch's checkpoints and history; a full disk says how to continue the run."""
         payload = self.checkpoint_payload()
-        if self.config.save_every and self.epoch % self.config.save_every == 0:
-            save_checkpoint(self.run_dir / f"epoch_{self.epoch:03d}.pt", payload)
-        save_checkpoint(self.run_dir / "last.pt", payload)
-        write_history(self.run_dir / "history.h5", self.history, self.config.to_dict())
+        try:
+            if self.config.save_every and self.epoch % self.config.save_every == 0:
+                save_checkpoint(self.run_dir / f"epoch_{self.epoch:03d}.pt", payload)
+            save_checkpoint(self.run_dir / "last.pt", payload)
+            write_history(self.run_dir / "history.h5", self.history, self.config.to_dict())
+        except DiskFullError as err:
+            rerun = "rerun with --resume" if (self.run_dir / "last.pt").exists() else "rerun the same command"
+            raise DiskFullError(err.path, err.reason, rerun) from None
+
+
+class ResumeConflict(UserError):
+    """Options asked for when resuming that differ from the stored run's. ``conflicts``:
+    (option, asked-for value, stored value); ``label`` names an option in the message."""
+
+    def __init__(self, run_dir: Path, conflicts: list[tuple[str, Any, Any]],
+                 label: Callable[[str], str] = str) -> None:
+        self.run_dir, self.conflicts = run_dir, conflicts
+        listed = ", ".join(f"{label(name)} {_shown(given)} (stored: {_shown(stored)})"
+                           for name, given, stored in conflicts)
+        super().__init__(f"{run_dir} was started with other options: {listed}. Leave them out to resume the run "
+                         "as stored (only --epochs may extend it), or start a new run with another --out.")
+
+    def relabel(self, label: Callable[[str], str]) -> "ResumeConflict":
+        """The same conflicts, each option named by ``label(option)`` (e.g. its command-line flag)."""
+        return ResumeConflict(self.run_dir, self.conflicts, label)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "not set"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def _damaged(last: Path) -> UserError:
+    return UserError(f"{last}: not a checkpoint written by alignsam-diag train, or damaged; put back a good "
+                     "copy (an epoch_NNN.pt of the run will do) or start a new run with another --out.")
+
+
+def _read_run(last: Path) -> tuple[dict[str, Any], TrainConfig]:
+    """The checkpoint ``last`` of a run and its configuration; anything but a readable checkpoint of
+    this loop (a tampered file included) is one line saying so, never a hint to trust the file."""
+    try:
+        ckpt = read_file(last)
+        config = TrainConfig.from_dict(ckpt["config"]) if ckpt.get("format") == FORMAT else None
+    except (UserError, KeyError, TypeError, ValueError, AttributeError):
+        config = None
+    if config is None:
+        raise _damaged(last)
+    return ckpt, config
 
 
 def train(config: TrainConfig, run_dir: str | Path, device: str | torch.device = "cpu",
-          resume: bool = False, progress: Optional[ProgressFn] = None) -> TrainResult:
-    """Train ``config`` into ``run_dir`` (checkpoints + history.h5).
+          progress: Optional[ProgressFn] = None) -> TrainResult:
+    """Train ``config`` into a new run folder ``run_dir`` (checkpoints + history.h5); continue an
+    interrupted one with :func:`resume`.
 
-    With ``resume``, continue from ``run_dir/last.pt``; the stored configuration is used, except
-    that ``config.epochs`` may extend the run. A NaN/inf loss raises :class:`DivergedError` and
-    leaves the last good checkpoint in place.
+    The folder is locked for the whole run (a second writer is refused) and checked before any
+    work. A NaN/inf loss raises :class:`DivergedError` and leaves the last good checkpoint in place.
     """
     run_dir = Path(run_dir)
-    device = torch.device(device)
+    with output_lock(run_dir, folder=True):
+        if (run_dir / "last.pt").exists():
+            raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out.")
+        return Run(config, run_dir, torch.device(device)).run(progress)
+
+
+def resume(run_dir: str | Path, device: str | torch.device = "cpu", *, epochs: Optional[int] = None,
+           expect: Optional[Mapping[str, Any]] = None, download: bool = False,
+           progress: Optional[ProgressFn] = None) -> TrainResult:
+    """Continue the run in ``run_dir`` from its ``last.pt`` with the options stored there.
+
+    epochs: None keeps the stored count; a larger one extends the run (a smaller one is refused).
+    expect: options the caller asks for, by :class:`TrainConfig` field ("lr", "data.subset",
+    "hyper.rho"); any that differs from the stored one raises :class:`ResumeConflict` listing
+    them all. download: a runtime choice (fetch the data set if it is missing).
+    """
+    run_dir = Path(run_dir)
     last = run_dir / "last.pt"
-    if resume:
+    with output_lock(run_dir, folder=True):
         if not last.exists():
             raise UserError(f"--resume: no {last}; start the run without --resume.")
-        stored = TrainConfig.from_dict(read_file(last)["config"])
-        stored.epochs = config.epochs
-        run = Run(stored, run_dir, device)
-        run.restore(last)
-    else:
-        if last.exists():
-            raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out.")
-        run = Run(config, run_dir, device)
-    return run.run(progress)
+        ckpt, config = _read_run(last)
+        check_stored_arch(last, config.arch, (expect or {}).get("arch"), trust=False)
+        conflicts = [(name, value, config.option(name)) for name, value in (expect or {}).items()
+                     if value != config.option(name)]
+        if conflicts:
+            raise ResumeConflict(run_dir, conflicts)
+        if epochs is not None:
+            if epochs < config.epochs:
+                raise UserError(f"--epochs {epochs}: the run in {run_dir} is set to {config.epochs} epochs; "
+                                "--resume can only extend it (or leave --epochs out).")
+            config.epochs = epochs
+        config.data.download = download
+        run = Run(config, run_dir, torch.device(device))
+        try:
+            run.restore(ckpt)
+        except (KeyError, TypeError, ValueError, RuntimeError):  # e.g. weights of another model
+            raise _damaged(last) from None
+        return run.run(progress)

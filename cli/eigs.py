@@ -3,6 +3,7 @@ density, of one or more checkpoints; the paper's Table 10 layout or JSON."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -10,6 +11,7 @@ import typer
 
 from alignsam_diag.analysis.spectrum import EigsOptions, analyse
 from alignsam_diag.errors import UserError
+from alignsam_diag.files import output_lock
 from alignsam_diag.store.spectrum import EigsRecord
 
 from .common import (Arch, ArchKwargs, BatchSize, Checkpoints, DataRoot, Dataset, Device, Full, Json, NumClasses,
@@ -93,7 +95,8 @@ def eigs(
     trust_checkpoint: Trust = False,
     device: Device = "auto",
     out: Annotated[Optional[Path], Opt("--out", help="Eigs HDF5 file. Written after every product: rerun the "
-                                                     "same command to continue an interrupted run.")] = None,
+                                                     "same command to continue an interrupted run. One run at a "
+                                                     "time may write it.")] = None,
     json_out: Json = False,
 ) -> None:
     """Top-k Hessian eigenvalues of the mean loss on fixed samples (default: 4096 seeded training
@@ -107,7 +110,7 @@ def eigs(
         raise UserError("--save-vectors and --density store their results: give --out FILE.h5.")
     target = resolve_device(device)
     records = []
-    with progress_bar() as progress:
+    with contextlib.nullcontext() if out is None else output_lock(out), progress_bar() as progress:
         for checkpoint in checkpoints:
             inputs = load_analysis_inputs(checkpoint, dataset=dataset, data_root=data_root, arch=arch,
                                           arch_kwargs=arch_kwargs, num_classes=num_classes, trust=trust_checkpoint,

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Callable
 import typer
 
 from alignsam_diag.plots.history import plot_histories
-from alignsam_diag.plots.save import save_figure
+from alignsam_diag.plots.save import check_figure_path, save_figure
 from alignsam_diag.store.history import read_history
 
 from .common import handle_errors
@@ -19,9 +19,11 @@ from .figures_spectrum import density
 
 def history(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (holding history.h5) or history.h5 files.")],
-    out: Annotated[Path, typer.Option("--out", help="Output file (.png or .pdf).")] = Path("figures/history.png"),
+    out: Annotated[Path, typer.Option("--out", help="Output file; its extension, .png or .pdf, picks the "
+                                                    "format.")] = Path("figures/history.png"),
 ) -> None:
     """Training curves (loss, accuracy per epoch) of one or more runs, overlaid."""
+    check_figure_path(out)
     histories = {}
     for run in runs:
         path = run / "history.h5" if run.is_dir() else run

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from alignsam_diag.errors import UserError
+from alignsam_diag.files import check_writable
 from alignsam_diag.plots.landscape import plot_landscapes
 from alignsam_diag.plots.save import save_figure
 from alignsam_diag.store.landscape import read_landscape
@@ -36,6 +37,7 @@ def landscape_figure(
         raise UserError(f"--format {fmt}: choose png or pdf.")
     if levels < 2:
         raise UserError(f"--levels {levels}: needs at least 2.")
+    check_writable(out, folder=True)
     stored = read_landscape(file)
     names = [g.name for g in stored.groups]
     titles = [t.strip() for t in labels.split(",")] if labels else names

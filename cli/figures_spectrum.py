@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from alignsam_diag.errors import UserError
-from alignsam_diag.plots.save import save_figure
+from alignsam_diag.plots.save import check_figure_path, save_figure
 from alignsam_diag.plots.spectrum import plot_densities
 from alignsam_diag.store.spectrum import read_records
 
@@ -17,9 +17,11 @@ def density(
     file: Annotated[Path, typer.Argument(help="Eigs result file written by 'eigs --density --out FILE.h5'.")],
     checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="Only these checkpoints "
                                                             "(as given to eigs); repeatable. Default: all.")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Output file (.png or .pdf).")] = Path("figures/density.png"),
+    out: Annotated[Path, typer.Option("--out", help="Output file; its extension, .png or .pdf, picks the "
+                                                    "format.")] = Path("figures/density.png"),
 ) -> None:
     """Spectral density (log scale) of each checkpoint, with its top-k eigenvalues as dotted lines."""
+    check_figure_path(out)
     records = read_records(file)
     chosen = checkpoint or [name for name, r in records.items() if r.density is not None]
     missing = [name for name in chosen if name not in records or records[name].density is None]

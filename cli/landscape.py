@@ -84,7 +84,8 @@ def landscape(
     points_per_pass: Annotated[str, Opt("--points-per-pass", help="Grid points per forward pass (vmap); "
                                         "auto times the choices.")] = "auto",
     device: Device = "auto",
-    out: Annotated[Path, Opt("--out", help="Surface file (HDF5); rerun the same command to resume it.")] = Path("landscape.h5"),
+    out: Annotated[Path, Opt("--out", help="Surface file (HDF5); rerun the same command to resume it. One run "
+                                           "at a time may write it.")] = Path("landscape.h5"),
     save_every: Annotated[float, Opt("--save-every", help="Seconds between saves of unfinished work.")] = 30.0,
     json_out: Json = False,
 ) -> None:

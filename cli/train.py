@@ -1,22 +1,39 @@
-"""``alignsam-diag train``: train a model with SGD or any SAM-family optimizer."""
+"""``alignsam-diag train``: train a model with SGD or any SAM-family optimizer; ``--resume``
+continues a run with the options stored in it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Optional
 
+import torch
 import typer
 
 from alignsam_diag.data import DataSpec
-from alignsam_diag.train import TrainConfig
+from alignsam_diag.progress import ProgressFn
+from alignsam_diag.train import ResumeConflict, TrainConfig, TrainResult
+from alignsam_diag.train import resume as resume_run
 from alignsam_diag.train import train as run_training
 
 from .common import ArchKwargs, DataRoot, Device, Json, parse_json_object, print_json, progress_bar, resolve_device
 
 Opt = typer.Option
 
+HYPER = ("rho", "lam", "alpha", "k", "theta", "sigma", "eta", "rho_min", "adaptive_alpha")
+# Where each option is stored in a run (a TrainConfig field); with --resume a given one must match.
+STORED_AS = {
+    "dataset": "data.name", "data_root": "data.root", "subset": "data.subset", "label_noise": "data.label_noise",
+    "augment": "data.augment", "seed": "seed", "arch": "arch", "arch_kwargs": "arch_kwargs",
+    "optimizer": "optimizer", "base": "base", "batch_size": "batch_size", "aux_batch_size": "aux_batch_size",
+    "lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs",
+    "amp": "amp", "save_every": "save_every", **{name: f"hyper.{name}" for name in HYPER},
+}
+# Options that are not part of the stored run: runtime choices, and --epochs, which may extend it.
+NOT_STORED = ("download", "device", "out", "resume", "json_out", "epochs")
+
 
 def train(
+    ctx: typer.Context,
     dataset: Annotated[str, Opt("--dataset", help="digits | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | npz:PATH")] = "digits",
     data_root: DataRoot = None,
     download: Annotated[bool, Opt("--download", help="Download CIFAR if it is not under --data-root.")] = False,
@@ -24,7 +41,8 @@ def train(
     arch_kwargs: ArchKwargs = None,
     optimizer: Annotated[str, Opt("--optimizer", help="sgd | sam | asam | align-sam | align-asam | gsam | fsam | vasso | looksam | lookbehind-sam")] = "sgd",
     base: Annotated[str, Opt("--base", help="Base optimizer of the SAM family: sgd | adamw.")] = "sgd",
-    epochs: Annotated[int, Opt("--epochs")] = 10,
+    epochs: Annotated[int, Opt("--epochs", help="Epochs of the run; with --resume, a larger number extends it "
+                                                "(left out: the stored count).")] = 10,
     batch_size: Annotated[int, Opt("--batch-size", help="Train batch size |B^t|.")] = 128,
     lr: Annotated[float, Opt("--lr", help="Peak learning rate (cosine schedule to 0).")] = 0.1,
     momentum: Annotated[float, Opt("--momentum")] = 0.9,
@@ -47,26 +65,43 @@ def train(
     device: Device = "auto",
     amp: Annotated[Optional[str], Opt("--amp", help="bf16 autocast.", show_default=False)] = None,
     out: Annotated[Path, Opt("--out", help="Run folder for checkpoints and history.h5.")] = Path("checkpoints/run"),
-    resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from last.pt.")] = False,
+    resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from last.pt, with its stored options "
+                                                 "(giving a different one is an error; --epochs may extend).")] = False,
     save_every: Annotated[int, Opt("--save-every", help="Also keep epoch_NNN.pt every N epochs (0: only last.pt).")] = 0,
     json_out: Json = False,
 ) -> None:
-    """Train a model; write <out>/last.pt, epoch_NNN.pt and history.h5."""
-    hyper = {name: value for name, value in
-             dict(rho=rho, lam=lam, alpha=alpha, k=k, theta=theta, sigma=sigma, eta=eta, rho_min=rho_min,
-                  adaptive_alpha=adaptive_alpha).items()
-             if value is not None}
+    """Train a model; write <out>/last.pt, epoch_NNN.pt and history.h5. One run at a time may write
+    a run folder."""
+    hyper = {name: ctx.params[name] for name in HYPER if ctx.params[name] is not None}
     config = TrainConfig(
         data=DataSpec(dataset, data_root, subset, label_noise, seed, augment, download=download),
         arch=arch, arch_kwargs=parse_json_object(arch_kwargs, "--arch-kwargs"), optimizer=optimizer,
         base=base, hyper=hyper, epochs=epochs, batch_size=batch_size, aux_batch_size=aux_batch_size,
         lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs, seed=seed,
         amp=amp, save_every=save_every)
+    target = resolve_device(device)
     with progress_bar() as progress:
-        result = run_training(config, out, resolve_device(device), resume=resume, progress=progress)
+        if resume:
+            result = _resume(ctx, config, out, target, download, progress)
+        else:
+            result = run_training(config, out, target, progress=progress)
     if json_out:
         print_json({"run": str(result.run_dir), **result.metrics})
     else:
         m = result.metrics
         typer.echo(f"{result.run_dir}: epoch {int(m['epoch'])}  train loss {m['train_loss']:.4f}  "
                    f"acc {m['train_acc']:.2%}  test loss {m['test_loss']:.4f}  acc {m['test_acc']:.2%}")
+
+
+def _resume(ctx: typer.Context, config: TrainConfig, out: Path, device: torch.device, download: bool,
+            progress: ProgressFn) -> TrainResult:
+    """Continue the run in ``out``; the options given on the command line (``config`` holds them)
+    must match the stored ones, and --epochs counts only when given."""
+    given = [name for name in ctx.params if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")]
+    expect = {STORED_AS[name]: config.option(STORED_AS[name]) for name in given if name in STORED_AS}
+    epochs = config.epochs if "epochs" in given else None
+    try:
+        return resume_run(out, device, epochs=epochs, expect=expect, download=download, progress=progress)
+    except ResumeConflict as err:
+        flags = {STORED_AS[p.name]: p.opts[0] for p in ctx.command.params if p.name in STORED_AS}
+        raise err.relabel(flags.__getitem__) from None

@@ -60,11 +60,21 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     run.config.epochs = 2
     run.scheduler.base_lrs = [1e30]
     run.scheduler.lr_lambdas = [lambda step: 1.0]
-    with pytest.raises(DivergedError, match="lower --lr"):
+    with pytest.raises(DivergedError, match=f"lower --lr .*The last good checkpoint is kept in {tmp_path}"):
         run.run()
     kept = read_file(tmp_path / "last.pt")
     assert kept["epoch"] == 1
     assert all(torch.equal(kept["state_dict"][k], good["state_dict"][k]) for k in good["state_dict"])
+
+
+def test_divergence_in_epoch_1_says_nothing_was_saved(tmp_path):
+    cfg = TrainConfig(data=DataSpec("digits", subset=128), arch="mlp", epochs=1, batch_size=64, lr=1e30)
+    with pytest.raises(DivergedError) as caught:
+        train(cfg, tmp_path / "run")
+    message = str(caught.value)
+    assert "in epoch 1" in message and "before the first checkpoint, so nothing was saved" in message
+    assert "--warmup-epochs" in message and "kept" not in message
+    assert not (tmp_path / "run").exists()  # the folder made for the run is removed again
 
 
 def _final_state(run_dir):
@@ -88,7 +98,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, cli, cli_env):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert read_file(victim / "last.pt")["epoch"] == 1
-    assert not list(victim.glob("*.tmp-*")) or all(p.stat().st_size >= 0 for p in victim.glob("*.tmp-*"))
+    assert all(p.name.endswith(f".tmp-{proc.pid}") for p in victim.glob("*.tmp-*"))  # only the victim's own
 
     done = subprocess.run(cli + args + ["--out", str(victim), "--resume", "--json"], env=cli_env,
                           capture_output=True, text=True, check=True)

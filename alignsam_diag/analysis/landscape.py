@@ -36,6 +36,7 @@ from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import UserError
+from ..files import output_lock
 from ..progress import ProgressFn, report
 from ..store.landscape import (LandscapeFile, LandscapeSpec, StoredSurface, Surface, group_names, read_landscape,
                                write_landscape)
@@ -348,9 +349,18 @@ def compute_landscapes(path: str | os.PathLike, spec: LandscapeSpec, checkpoints
     their panels are comparable. ``points_per_pass`` None = :func:`choose_points_per_pass`.
     The file is rewritten after at most ``save_every_s`` seconds of work (0: after every block)
     and when the job ends, fails or is interrupted (Ctrl-C); nothing is written if no checkpoint
-    got as far as its directions."""
+    got as far as its directions. The file is locked for the whole job (a second writer is refused;
+    see :func:`alignsam_diag.files.output_lock`)."""
     spec.validate()
     path = Path(path)
+    with output_lock(path):
+        return _compute_landscapes(path, spec, checkpoints, load, points_per_pass, progress, save_every_s)
+
+
+def _compute_landscapes(path: Path, spec: LandscapeSpec, checkpoints: Sequence[str],
+                        load: Callable[[str], LandscapeInputs], points_per_pass: Optional[int],
+                        progress: Optional[ProgressFn], save_every_s: float) -> list[LandscapeResult]:
+    """:func:`compute_landscapes` once ``path`` is locked."""
     landscape = _open_or_create(path, spec, [str(c) for c in checkpoints])
     saver = _Saver(path, landscape, save_every_s)
     results = []

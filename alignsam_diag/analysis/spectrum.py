@@ -8,6 +8,7 @@ rerun with other options is refused (results made with different settings are ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..files import output_lock
 from ..progress import ProgressFn
 from ..store.spectrum import EigsRecord, eigenvectors_of, read_records, write_record
 from .curvature import Batch, HessianOperator
@@ -97,9 +99,18 @@ def analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[B
 
     data: how the samples were chosen (split, sample count, seed, data set); stored with the options.
     out: eigs HDF5 file; finished parts found there (made with the same options) are reused and
-    every part is written there as soon as it is done.
+    every part is written there as soon as it is done. It is locked while the analysis runs (a
+    second writer is refused; see :func:`alignsam_diag.files.output_lock`).
     """
     options.validate()
+    with contextlib.nullcontext() if out is None else output_lock(out):
+        return _analyse(checkpoint, model, batches, options, data, out, check_determinism, progress)
+
+
+def _analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[Batch], options: EigsOptions,
+             data: dict[str, Any], out: Optional[str | os.PathLike], check_determinism: bool,
+             progress: Optional[ProgressFn]) -> EigsRecord:
+    """:func:`analyse` once ``out`` (if any) is locked."""
     wanted = {**options.stored(), **data}
     device = next(model.parameters()).device  # where a saved Lanczos basis goes
     found = read_records(out, device).get(str(checkpoint)) if out is not None and Path(out).exists() else None
