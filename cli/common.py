@@ -148,3 +148,21 @@ def progress_bar(enabled: bool = True) -> Iterator[ProgressFn]:
             bar.update(tasks[u.task], completed=u.completed, total=u.total, info=_format_info(u.info))
 
         yield update
+
+
+InputShape = Annotated[Optional[str], typer.Option(
+    "--input-shape", help="C,H,W of one input sample (e.g. 1,28,28; square images) when the file has no "
+                          "model spec and no --dataset is given.")]
+
+
+def parse_input_shape(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """``--input-shape C,H,W`` as (channels, image size); None when not given."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise UserError(f"--input-shape {text}: write C,H,W as three positive whole numbers, e.g. 1,28,28.")
+    channels, height, width = map(int, parts)
+    if height != width:
+        raise UserError(f"--input-shape {text}: models here take square images; give H = W.")
+    return channels, height

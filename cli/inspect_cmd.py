@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from alignsam_diag.data import DataSpec, load_data
+from alignsam_diag.errors import UserError
 from alignsam_diag.models.checkpoint import load_checkpoint
 from alignsam_diag.models.summary import CheckpointSummary, summarise
 
-from .common import Arch, ArchKwargs, Json, NumClasses, Trust, parse_json_object, print_json
+from .common import (Arch, ArchKwargs, DataRoot, Dataset, InputShape, Json, NumClasses, Trust, parse_input_shape,
+                     parse_json_object, print_json)
 
 
 def _render(path: Path, s: CheckpointSummary) -> None:
@@ -38,17 +41,37 @@ def _render(path: Path, s: CheckpointSummary) -> None:
         out.print(hist)
 
 
+def _input_shape(dataset: Optional[str], data_root: Optional[str],
+                 input_shape: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    """(channels, image size) of the model's input as the user gave it, else (None, None)."""
+    if dataset and input_shape:
+        raise UserError("give --dataset or --input-shape, not both (the data set fixes the input shape).")
+    if dataset:
+        splits = load_data(DataSpec(dataset, data_root))
+        return splits.in_channels, splits.image_size
+    return parse_input_shape(input_shape) or (None, None)
+
+
 def inspect(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: ours, a state dict (.pt/.pth/.bin), safetensors or Lightning .ckpt.")],
     arch: Arch = None,
     num_classes: NumClasses = None,
     arch_kwargs: ArchKwargs = None,
+    input_shape: InputShape = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        "--dataset", help="Data set whose input shape the model takes (a file without a model spec); "
+                          "digits | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | npz:PATH.")] = None,
+    data_root: DataRoot = None,
     trust_checkpoint: Trust = False,
     json_out: Json = False,
 ) -> None:
-    """Show a checkpoint's architecture, parameter counts by layer type, metadata and history."""
+    """Show a checkpoint's architecture, parameter counts by layer type, metadata and history
+    (a file without a model spec needs --arch; what the weights cannot tell of the input shape,
+    give with --input-shape C,H,W or --dataset)."""
+    in_channels, image_size = _input_shape(dataset, data_root, input_shape)
     ckpt = load_checkpoint(checkpoint, arch=arch, num_classes=num_classes,
-                           arch_kwargs=parse_json_object(arch_kwargs, "--arch-kwargs"), trust=trust_checkpoint)
+                           arch_kwargs=parse_json_object(arch_kwargs, "--arch-kwargs"), trust=trust_checkpoint,
+                           in_channels=in_channels, image_size=image_size)
     summary = summarise(ckpt)
     if json_out:
         print_json({"checkpoint": str(checkpoint), **dataclasses.asdict(summary)})

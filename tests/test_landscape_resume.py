@@ -100,7 +100,8 @@ def test_two_checkpoints_share_directions_and_li_layout(tmp_path):
         Z = np.array(f["train_loss"][:])
         assert Z.shape == X.shape == (9, 9)
         np.testing.assert_array_equal(Z, results[0].surface.loss)
-        np.testing.assert_array_equal(f["surfaces/m1/train_acc"][:], results[1].surface.acc)
+        np.testing.assert_array_equal(f["surfaces/m1/train_acc"][:], 100 * results[1].surface.acc)  # percent
+        np.testing.assert_array_equal(f["surfaces/m1/train_accuracy"][:], results[1].surface.acc)
         assert f["train_loss"].id == f["surfaces/m0/train_loss"].id  # a hard link, not a copy
     # orientation: rows follow y (the y range is half the x range here)
     grid = results[0].surface.grid
@@ -127,6 +128,6 @@ def test_incompatible_resume_is_refused(tmp_path):
     write_landscape(path, stored)
     with pytest.raises(UserError, match="has changed"):
         compute_landscapes(path, SPEC, ["m0"], lambda _: load("m1"))
-    with pytest.raises(UserError, match="not a landscape file"):
+    with pytest.raises(UserError, match="not a landscape result file"):
         h5py.File(tmp_path / "x.h5", "w").close()
         read_landscape(tmp_path / "x.h5")

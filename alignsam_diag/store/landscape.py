@@ -12,11 +12,14 @@ One file holds the surfaces of one or more checkpoints, all computed with the sa
         ycoordinates (ny,)    float64, 2-D surfaces only
         <split>_loss          float64, (ny, nx) for 2-D, (nx,) for 1-D: mean cross-entropy;
                               -1 where the cell is not computed yet (Li et al.'s mark)
-        <split>_acc           float64, same shape: accuracy as a fraction in [0, 1]
+        <split>_acc           float64, same shape: accuracy in PERCENT (0-100), as Li et al.'s
+                              plot_1D.py/plot_2D.py expect; -1 where not computed
+        <split>_accuracy      float64, same shape: accuracy as a fraction in [0, 1] (what this
+                              tool reads; files without it: <split>_acc is read as a fraction)
         done                  bool, same shape: the cell is computed
         directions (dim, P)   float32: the directions, flattened over direction_names
         direction_names       the model's parameter names, in order
-    /xcoordinates, /ycoordinates, /<split>_loss, /<split>_acc
+    /xcoordinates, /ycoordinates, /<split>_loss, /<split>_acc (percent)
                               hard links to the first checkpoint's datasets
 
 ``<split>`` is ``train`` or ``test``. The root names and their layout are those of Li et al.'s
@@ -40,9 +43,11 @@ import numpy as np
 
 from ..analysis.directions import NORMS
 from ..errors import UserError
+from ..memory import require_memory
 from .h5io import atomic_h5, open_h5
 
 KIND = "landscape"
+BYTES_PER_CELL = 64  # host memory per cell of one surface: values, marks, coordinates and their copies on save
 
 
 @dataclass
@@ -139,6 +144,8 @@ class LandscapeSpec:
                 not (source == "random" and not argument or source in ("interpolate", "eigs", "surface") and argument),
             f"--dim {self.dim}: choose 1 or 2.": self.dim not in (1, 2),
             f"--grid {self.grid}: needs at least 2 points per axis.": self.grid < 2,
+            f"--xrange {self.xrange}: the ends must be finite numbers.": not np.isfinite(self.xrange).all(),
+            f"--yrange {self.yrange}: the ends must be finite numbers.": not np.isfinite(self.yrange).all(),
             f"--xrange {self.xrange}: the low end must be below the high end.": not self.xrange[0] < self.xrange[1],
             f"--yrange {self.yrange}: the low end must be below the high end.": not self.yrange[0] < self.yrange[1],
             f"--norm {self.norm}: choose one of {', '.join(NORMS)}.": self.norm not in NORMS,
@@ -149,6 +156,9 @@ class LandscapeSpec:
         for message, wrong in problems.items():
             if wrong:
                 raise UserError(message)
+        cells = self.grid ** self.dim
+        require_memory(cells * BYTES_PER_CELL, f"a {'×'.join([str(self.grid)] * self.dim)} grid ({cells:,} cells)",
+                       "choose a smaller --grid")
 
     def make_grid(self) -> Grid:
         return Grid(_axis(*self.xrange, self.grid), _axis(*self.yrange, self.grid) if self.dim == 2 else None)
@@ -222,7 +232,8 @@ def _write_group(g: Any, stored: StoredSurface, split: str, spec_json: str) -> N
     if s.grid.y is not None:
         g["ycoordinates"] = s.grid.y
     g[f"{split}_loss"] = np.where(s.done, s.loss, -1.0)
-    g[f"{split}_acc"] = np.where(s.done, s.acc, -1.0)
+    g[f"{split}_acc"] = np.where(s.done, 100.0 * s.acc, -1.0)  # Li et al.'s name and unit
+    g[f"{split}_accuracy"] = np.where(s.done, s.acc, -1.0)
     g["done"] = s.done
     if stored.directions is not None:
         g["directions"] = stored.directions.astype(np.float32)
@@ -245,8 +256,10 @@ def write_landscape(path: str | os.PathLike, landscape: LandscapeFile) -> None:
 def _read_group(g: Any, name: str, split: str) -> StoredSurface:
     grid = Grid(g["xcoordinates"][()], g["ycoordinates"][()] if "ycoordinates" in g else None)
     done = g["done"][()].astype(bool)
+    # the fraction; older files kept it under Li et al.'s name
+    accuracy = g[f"{split}_accuracy"] if f"{split}_accuracy" in g else g[f"{split}_acc"]
     surface = Surface(grid, np.where(done, g[f"{split}_loss"][()], np.nan),
-                      np.where(done, g[f"{split}_acc"][()], np.nan), done)
+                      np.where(done, accuracy[()], np.nan), done)
     directions = g["directions"][()] if "directions" in g else None
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in g["direction_names"][()]] if "directions" in g else []
     return StoredSurface(name, str(g.attrs["checkpoint"]), surface, directions, names,
@@ -255,9 +268,7 @@ def _read_group(g: Any, name: str, split: str) -> StoredSurface:
 
 def read_landscape(path: str | os.PathLike) -> LandscapeFile:
     """Read a file written by :func:`write_landscape`; anything else is a one-line UserError."""
-    with open_h5(path) as f:
-        if f.attrs.get("kind") != KIND:
-            raise UserError(f"{path}: not a landscape file (written by `alignsam-diag landscape`).")
+    with open_h5(path, KIND, "landscape") as f:
         spec = json.loads(f.attrs["spec"])
         split = str(spec.get("split", "train"))
         groups = [_read_group(f[f"surfaces/{name}"], name, split) for name in json.loads(f.attrs["checkpoints"])]
