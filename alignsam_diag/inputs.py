@@ -46,7 +46,7 @@ def load_inputs(path: str | os.PathLike, *, data: Optional[DataSpec] = None,
     if samples is not None and samples < 1:
         raise UserError(f"--samples {samples}: must be at least 1.")
     splits = load_data(data, device) if data is not None else None
-    ckpt = load_checkpoint(path, arch=arch, num_classes=num_classes or (splits.num_classes if splits else None),
+    ckpt = load_checkpoint(path, arch=arch, num_classes=num_classes if num_classes is not None or splits is None else splits.num_classes,
                            arch_kwargs=arch_kwargs, trust=trust, device=device,
                            in_channels=splits.in_channels if splits else None,
                            image_size=splits.image_size if splits else None)
@@ -57,4 +57,24 @@ def load_inputs(path: str | os.PathLike, *, data: Optional[DataSpec] = None,
         stored.root = data_root or stored.root
         splits = load_data(stored, device)
     chosen = sample_subset(splits.train if split == "train" else splits.test, samples, seed)
+    check_model_takes(ckpt.model, chosen, str(path))
     return AnalysisInputs(ckpt, splits, chosen, fixed_batches(chosen, batch_size))
+
+
+@torch.no_grad()
+def check_model_takes(model: torch.nn.Module, data: ArrayDataset, name: str) -> None:
+    """One forward pass on two samples (eval mode, so no state changes): the model must accept
+    the samples' shape and have an output for every label, else a one-line :class:`UserError`."""
+    shape = "×".join(map(str, data.x.shape[1:]))
+    try:
+        out = model(data.x[:2])
+    except RuntimeError as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{name}: the model cannot take these samples (each {shape}): {reason}; pass the "
+                        "--dataset it was trained on, or --arch/--arch-kwargs that fit the data.") from None
+    if out.dim() != 2:
+        raise UserError(f"{name}: the model returns outputs of shape {tuple(out.shape)} for a batch of samples "
+                        "each " + shape + "; analyses need one row of class scores per sample.")
+    if int(data.y.max()) >= out.shape[1]:
+        raise UserError(f"{name}: the model has {out.shape[1]} outputs but the data have labels up to "
+                        f"{int(data.y.max())}; pass the --dataset it was trained on (or --num-classes).")

@@ -54,3 +54,17 @@ def checkpoints(tmp_path_factory) -> list[Path]:
 def invoke(*args):
     """The CLI in this process: exit_code, stdout and stderr as a user would see them."""
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def error_line(result) -> str:
+    """The one ``error: …`` line of a refused command (exit 2, no traceback)."""
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, (result.exit_code, result.stderr, repr(result.exception))
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0]
+
+
+def assert_one_clear_line(result, fragment: str) -> None:
+    """Exit 2 and one ``error: …`` line on stderr that names ``fragment``, no traceback."""
+    assert fragment in error_line(result), result.stderr

@@ -23,6 +23,7 @@ a run started from a saved state continues exactly where it stopped.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..memory import require_memory
 from ..progress import ProgressFn, report
 
 WHICH: dict[str, str] = {"LM": "largest magnitude", "LA": "largest algebraic", "SA": "smallest algebraic"}
@@ -216,8 +218,8 @@ def check_options(k: int, which: str, tol: float, max_iter: int, size: Optional[
         raise UserError(f"--k {k}: must be at most the number of parameters ({size}).")
     if max_iter < k:
         raise UserError(f"--max-iter {max_iter}: must be at least --k ({k}).")
-    if tol <= 0:
-        raise UserError(f"--tol {tol}: must be positive.")
+    if not 0 < tol < math.inf:
+        raise UserError(f"--tol {tol}: must be a positive number.")
 
 
 def lanczos(op: LinearOperator, k: int = 5, which: str = "LM", tol: float = 1e-3, max_iter: int = 100,
@@ -236,6 +238,10 @@ def lanczos(op: LinearOperator, k: int = 5, which: str = "LM", tol: float = 1e-3
     """
     size = op.shape[0]
     check_options(k, which, tol, max_iter, size)
+    limit = min(max_iter, size)
+    if state is None:
+        require_memory((limit + 1) * size * 8, f"a Lanczos basis of {limit + 1} float64 vectors of {size:,} parameters",
+                       "lower --max-iter or restrict --params", op.device)
     if start is not None and start.shape != (size,):
         raise UserError(f"the start vector has shape {tuple(start.shape)}; the operator needs ({size},).")
     if state is None:
@@ -243,7 +249,6 @@ def lanczos(op: LinearOperator, k: int = 5, which: str = "LM", tol: float = 1e-3
     elif state.size != size:
         raise UserError(f"the saved Lanczos state has {state.size} parameters, the model {size}; "
                         "it belongs to another model — use another --out file.")
-    limit = min(max_iter, size)
     while True:
         if state.steps >= k:
             theta, s, residuals, lam_max = wanted_pairs(state, which, k)

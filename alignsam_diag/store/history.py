@@ -24,5 +24,10 @@ def write_history(path: str | os.PathLike, history: dict[str, list[float]], conf
 
 
 def read_history(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    with open_h5(path) as f:
-        return {k: f[k][()] for k in COLUMNS if k in f}
+    """The columns of a ``history.h5`` (one value per epoch each); a file that lacks one, or whose
+    columns differ in length, is a one-line :class:`~alignsam_diag.errors.UserError`."""
+    with open_h5(path, "history", "train") as f:
+        columns = {k: f[k][()] for k in COLUMNS}
+        if len({len(v) for v in columns.values()}) != 1:
+            raise ValueError("its columns have different lengths")
+    return columns

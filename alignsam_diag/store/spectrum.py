@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import h5py
 import numpy as np
@@ -175,10 +175,6 @@ def eigenvectors_of(path: str | os.PathLike, checkpoint: Optional[str] = None) -
         return read_eigenvectors(path, None)
 
 
-@contextlib.contextmanager
-def _open_eigs(path: str | os.PathLike) -> Iterator[h5py.File]:
-    """``open_h5`` that also checks that the file is an eigs result file."""
-    with open_h5(path) as f:
-        if f.attrs.get("kind") != KIND:
-            raise UserError(f"{path}: not an eigs result file (choose another --out, or the file eigs wrote).")
-        yield f
+def _open_eigs(path: str | os.PathLike) -> contextlib.AbstractContextManager[h5py.File]:
+    """``open_h5`` for eigs result files only."""
+    return open_h5(path, KIND, "eigs")
