@@ -13,8 +13,10 @@ Two evaluation paths, equal up to float rounding:
   ``torch.func.functional_call`` + ``vmap``, which pays for small models whose forward pass is
   too short to keep the device busy. :func:`choose_points_per_pass` picks K by timing.
 
-Every point is evaluated in eval mode without gradients on fixed batches; with
-``bn_inputs``, BatchNorm statistics are first re-estimated at the point. Afterwards — also
+Every point is evaluated in eval mode without gradients on fixed batches. BatchNorm statistics
+at a point are the model's own, moved along the directions that move them (an interpolation
+between two checkpoints does: x = 1 carries the other checkpoint's); with ``bn_inputs`` they are
+instead re-estimated at every point. Afterwards — also
 after an exception or Ctrl-C — the model's parameters, buffers, modes and BatchNorm momenta
 are bit-identical to what they were.
 """
@@ -40,27 +42,38 @@ from ..files import output_lock
 from ..progress import ProgressFn, report
 from ..store.landscape import (LandscapeFile, LandscapeSpec, StoredSurface, Surface, group_names, read_landscape,
                                write_landscape)
-from .directions import Direction, directions_from_source, split_flat
+from .directions import Direction, directions_from_source, moving_buffers, split_flat, stack
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
 class PointMover:
-    """Places a model at θ + Σ_k c_k·d_k.
+    """Places a model at θ + Σ_k c_k·d_k, and the buffers the directions move (BatchNorm running
+    statistics along an interpolation) at β + Σ_k c_k·b_k; the other buffers stay as they are.
+    A running variance that this would make negative (extrapolating past a checkpoint) is 0.
 
     A context manager: on entry it saves θ, every buffer, every module's train flag and BatchNorm
     momentum, and switches to eval mode; on exit it writes them all back exactly."""
 
     def __init__(self, model: nn.Module, directions: Sequence[Direction]):
         self.model = model
-        self.params = list(model.named_parameters())
-        names = [n for n, _ in self.params]
-        if any(d.names != names for d in directions):
+        buffers = moving_buffers(model)
+        moved = list(dict.fromkeys(n for d in directions for n in d.buffers))
+        names = [n for n, _ in model.named_parameters()]
+        if any(d.names != names for d in directions) or not set(moved) <= set(buffers):
             raise UserError("the directions do not fit the model's parameters; they were made for another architecture.")
-        self.directions = [[t.to(p.device, p.dtype) for t, (_, p) in zip(d.tensors, self.params)] for d in directions]
+        #: (name, tensor) of every parameter, then of every buffer that moves.
+        self.tensors = list(model.named_parameters()) + [(n, buffers[n]) for n in moved]
+        self.directions = [[t.to(p.device, p.dtype) for t, (_, p) in zip(d.tensors, self.tensors)]
+                           + [d.buffers[n].to(b.device, b.dtype) if n in d.buffers else torch.zeros_like(b)
+                              for n, b in self.tensors[len(names):]] for d in directions]
+        variances = {id(m.running_var) for m in model.modules()
+                     if isinstance(m, _BatchNorm) and m.running_var is not None}
+        #: The moving running variances, by name and as tensors (kept ≥ 0).
+        self.variances = {n: b for n, b in self.tensors[len(names):] if id(b) in variances}
 
     def __enter__(self) -> "PointMover":
-        self.origin = [p.detach().clone() for _, p in self.params]
+        self.origin = [p.detach().clone() for _, p in self.tensors]
         self.buffers = [(b, b.clone()) for b in self.model.buffers()]
         self.modes = [(m, m.training, getattr(m, "momentum", None)) for m in self.model.modules()]
         self.model.eval()
@@ -68,7 +81,7 @@ class PointMover:
 
     def __exit__(self, *exc: object) -> None:
         with torch.no_grad():
-            for (_, p), theta in zip(self.params, self.origin):
+            for (_, p), theta in zip(self.tensors, self.origin):
                 p.copy_(theta)
             for buffer, saved in self.buffers:
                 buffer.copy_(saved)
@@ -78,22 +91,32 @@ class PointMover:
                 module.momentum = momentum
 
     def stacked(self, coords: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Parameters at K points, name -> (K, *shape); ``coords`` is (K, dim) on the device."""
+        """Parameters (and moving buffers) at K points, name -> (K, *shape); ``coords`` is (K, dim)
+        on the device."""
         stacked = {}
-        for i, ((name, _), theta) in enumerate(zip(self.params, self.origin)):
+        for i, ((name, _), theta) in enumerate(zip(self.tensors, self.origin)):
             value = theta.unsqueeze(0)
             for k, direction in enumerate(self.directions):
                 value = value + coords[:, k].view(-1, *(1,) * theta.dim()) * direction[i]
-            stacked[name] = value
+            stacked[name] = value.clamp_min(0.0) if name in self.variances else value
         return stacked
 
     def move_to(self, coords: Sequence[float]) -> None:
-        """Write the point ``coords`` (dim numbers) into the model's own parameters, in place
-        (multi-tensor kernels: a few launches whatever the number of parameters)."""
-        params = [p for _, p in self.params]
+        """Write the point ``coords`` (dim numbers) into the model's own parameters (and moving
+        buffers), in place (multi-tensor kernels: a few launches whatever the number of tensors)."""
+        params = [p for _, p in self.tensors]
         torch._foreach_copy_(params, self.origin)
         for c, direction in zip(coords, self.directions):
             torch._foreach_add_(params, direction, alpha=float(c))
+        if self.variances:
+            torch._foreach_clamp_min_(list(self.variances.values()), 0.0)
+
+    def batched_forward(self) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+        """(:meth:`stacked` K points, x (B, ...)) -> logits (K, B, C); buffers that do not move
+        are used as they are."""
+        moved = {n for n, _ in self.tensors}
+        fixed = {n: b for n, b in self.model.named_buffers() if n not in moved}
+        return vmap(lambda points, x: functional_call(self.model, (points, fixed), (x,)), in_dims=(0, None))
 
 
 def recompute_bn_statistics(model: nn.Module, inputs: Sequence[torch.Tensor]) -> None:
@@ -108,12 +131,6 @@ def recompute_bn_statistics(model: nn.Module, inputs: Sequence[torch.Tensor]) ->
         model(x)
     for m in norms:
         m.eval()
-
-
-def _batched_forward(model: nn.Module) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
-    """(params name -> (K, *shape), x (B, ...)) -> logits (K, B, C), the buffers as they are."""
-    buffers = dict(model.named_buffers())
-    return vmap(lambda params, x: functional_call(model, (params, buffers), (x,)), in_dims=(0, None))
 
 
 def _mean_loss_and_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], batches: Batches, points: int,
@@ -176,7 +193,7 @@ def choose_points_per_pass(model: nn.Module, directions: Sequence[Direction], x:
         if _seconds_per_point(in_place, 1, 1, device) > long_forward_s:
             return 1
         seconds = {1: _seconds_per_point(in_place, 1, points, device)}
-        forward = _batched_forward(model)
+        forward = mover.batched_forward()
         for k in (c for c in candidates if c > 1):
             zeros = torch.zeros(k, len(directions), device=device, dtype=x.dtype)
             try:
@@ -221,7 +238,7 @@ def evaluate_surface(model: nn.Module, directions: Sequence[Direction], surface:
             on_block(surface)
 
     with torch.no_grad(), PointMover(model, directions) as mover:
-        forward = _batched_forward(model)
+        forward = mover.batched_forward()
 
         def evaluate(coords: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             if points_per_pass > 1:
@@ -252,12 +269,16 @@ def evaluate_surface(model: nn.Module, directions: Sequence[Direction], surface:
 
 @dataclass
 class LandscapeInputs:
-    """One checkpoint's model (on its device), fixed batches of (x, y), and for ``bn=recompute``
-    the training inputs to re-estimate BatchNorm statistics from."""
+    """One checkpoint's model (on its device), fixed batches of (x, y), for ``bn=recompute`` the
+    training inputs to re-estimate BatchNorm statistics from, and how to load the target of
+    ``interpolate:CKPT`` (:func:`~alignsam_diag.analysis.directions.checkpoint_loader`; None:
+    with the model spec stored in CKPT)."""
 
     model: nn.Module
     batches: Batches
     bn_inputs: Optional[list[torch.Tensor]] = None
+    load_target: Optional[Callable[[str], nn.Module]] = None
+    optimizer: Optional[str] = None  # the name the checkpoint records, stored with its surface
 
 
 @dataclass
@@ -329,11 +350,15 @@ def _directions_for(stored: StoredSurface, inputs: LandscapeInputs, spec: Landsc
     if stored.directions is not None:
         if stored.params_sha256 != checksum:
             raise UserError(f"{stored.checkpoint} has changed since {path} was started; choose another --out.")
+        buffers = moving_buffers(model)
+        if spec.directions.startswith("interpolate:") and buffers and buffers.keys().isdisjoint(stored.direction_names):
+            raise UserError(f"{path} was started by an earlier version, which kept {stored.checkpoint}'s BatchNorm "
+                            "statistics along the whole interpolation; choose another --out.")
         return [split_flat(model, stored.direction_names, row, f"{path}: {stored.name}") for row in stored.directions]
     directions = directions_from_source(model, spec.directions, spec.dim, spec.seed, spec.norm, spec.ignore_biasbn,
-                                        checkpoint=stored.checkpoint, group=stored.name)
-    stored.directions = torch.stack([d.flat() for d in directions]).numpy()
-    stored.direction_names, stored.params_sha256 = list(directions[0].names), checksum
+                                        checkpoint=stored.checkpoint, group=stored.name, load_target=inputs.load_target)
+    stored.direction_names, stored.directions = stack(directions)
+    stored.params_sha256 = checksum
     stored.points_per_pass = 1 if inputs.bn_inputs else (
         points_per_pass or choose_points_per_pass(model, directions, inputs.batches[0][0]))
     return directions
@@ -369,6 +394,7 @@ def _compute_landscapes(path: Path, spec: LandscapeSpec, checkpoints: Sequence[s
             computed = 0
             if not stored.surface.done.all():
                 inputs = load(stored.checkpoint)
+                stored.optimizer = inputs.optimizer
                 directions = _directions_for(stored, inputs, spec, points_per_pass, path)
                 saver.save()
                 computed = evaluate_surface(inputs.model, directions, stored.surface, inputs.batches,
