@@ -9,26 +9,40 @@ from typing import Annotated, Any, Callable
 import typer
 
 from alignsam_diag.plots.history import plot_histories
-from alignsam_diag.plots.save import check_figure_path, save_figure
-from alignsam_diag.store.history import read_history
+from alignsam_diag.plots.save import figure_path, save_figure
+from alignsam_diag.plots.style import default_labels, parse_labels
+from alignsam_diag.store.history import history_optimizer, read_history
 
 from .common import handle_errors
+from .figures_common import FigureFormat, FigureOut, Labels
 from .figures_landscape import landscape_figure
 from .figures_spectrum import density
 
 
+def _history_file(run: Path) -> Path:
+    return run / "history.h5" if run.is_dir() else run
+
+
+def _run_name(run: Path) -> str:
+    """The run's folder name (``runs/sam`` and ``runs/sam/history.h5`` are both ``sam``)."""
+    return run.name if run.is_dir() else (run.parent.name or run.stem)
+
+
 def history(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (holding history.h5) or history.h5 files.")],
-    out: Annotated[Path, typer.Option("--out", help="Output file; its extension, .png or .pdf, picks the "
-                                                    "format.")] = Path("figures/history.png"),
+    labels: Labels = None,
+    fmt: FigureFormat = None,
+    out: FigureOut = Path("figures"),
 ) -> None:
-    """Training curves (loss, accuracy per epoch) of one or more runs, overlaid."""
-    check_figure_path(out)
-    histories = {}
-    for run in runs:
-        path = run / "history.h5" if run.is_dir() else run
-        histories[run.name if run.is_dir() else run.parent.name] = read_history(path)
-    typer.echo(save_figure(plot_histories(histories), out))
+    """Training curves (loss, accuracy per epoch) of one or more runs, overlaid, in the order
+    given. Into a folder OUT it writes OUT/history-<run>-<run>....png."""
+    names = [_run_name(run) for run in runs]
+    path = figure_path(out, "-".join(["history", *names]), fmt)
+    given = parse_labels(labels, names)
+    histories = [read_history(_history_file(run)) for run in runs]
+    optimizers = [history_optimizer(_history_file(run)) for run in runs]
+    titles = given or default_labels(optimizers, names)
+    typer.echo(save_figure(plot_histories(dict(zip(titles, histories)), optimizers), path))
 
 
 SUBCOMMANDS: dict[str, Callable[..., Any]] = {

@@ -1,4 +1,4 @@
-"""``alignsam-diag figures density FILE.h5``: the Hessian spectral density stored by ``eigs --density``."""
+"""``alignsam-diag figures density FILE.h5...``: the Hessian spectral densities stored by ``eigs --density``."""
 
 from __future__ import annotations
 
@@ -8,26 +8,46 @@ from typing import Annotated, Optional
 import typer
 
 from alignsam_diag.errors import UserError
-from alignsam_diag.plots.save import check_figure_path, save_figure
+from alignsam_diag.plots.save import figure_path, save_figure
 from alignsam_diag.plots.spectrum import plot_densities
-from alignsam_diag.store.spectrum import read_records
+from alignsam_diag.plots.style import default_labels, parse_labels
+from alignsam_diag.store.landscape import group_names
+from alignsam_diag.store.spectrum import EigsRecord, read_records
+
+from .figures_common import FigureFormat, FigureOut, Labels
+
+
+def _chosen(files: list[Path], checkpoints: Optional[list[str]]) -> list[EigsRecord]:
+    """The records to plot, in the files' order and each file's (the order given to eigs), or
+    in the order of ``checkpoints`` when given; one without a density is a :class:`UserError`."""
+    records = [r for file in files for r in read_records(file).values()]
+    chosen = ([r for c in checkpoints for r in records if r.checkpoint == c] if checkpoints
+              else [r for r in records if r.density is not None])
+    found = {r.checkpoint for r in chosen if r.density is not None}
+    missing = [c for c in checkpoints or [] if c not in found]
+    if missing or not chosen:
+        raise UserError(f"{', '.join(map(str, files))}: no spectral density for "
+                        f"{', '.join(missing) or 'any checkpoint'}; run eigs with --density --out FILE.h5 first.")
+    return chosen
 
 
 def density(
-    file: Annotated[Path, typer.Argument(help="Eigs result file written by 'eigs --density --out FILE.h5'.")],
+    files: Annotated[list[Path], typer.Argument(help="Eigs result files written by 'eigs --density --out FILE.h5'.")],
     checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="Only these checkpoints "
-                                                            "(as given to eigs); repeatable. Default: all.")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Output file; its extension, .png or .pdf, picks the "
-                                                    "format.")] = Path("figures/density.png"),
+                                                            "(as given to eigs), in this order; repeatable. "
+                                                            "Default: all, in the order given to eigs.")] = None,
+    labels: Labels = None,
+    fmt: FigureFormat = None,
+    out: FigureOut = Path("figures"),
 ) -> None:
-    """Spectral density (log scale) of each checkpoint, with its top-k eigenvalues as dotted lines."""
-    check_figure_path(out)
-    records = read_records(file)
-    chosen = checkpoint or [name for name, r in records.items() if r.density is not None]
-    missing = [name for name in chosen if name not in records or records[name].density is None]
-    if missing or not chosen:
-        raise UserError(f"{file}: no spectral density for {', '.join(missing) or 'any checkpoint'}; "
-                        "run eigs with --density --out FILE.h5 first.")
-    densities = {name: records[name].density for name in chosen}
-    tops = {name: records[name].spectrum.eigenvalues for name in chosen if records[name].spectrum is not None}
-    typer.echo(save_figure(plot_densities(densities, tops), out))
+    """Spectral density (log scale) of each checkpoint, with its top-k eigenvalues as dotted
+    lines. Into a folder OUT it writes OUT/<file>[-<file>...]-density.png."""
+    path = figure_path(out, "-".join([*(f.stem for f in files), "density"]), fmt)
+    records = _chosen(files, checkpoint)
+    names = group_names([r.checkpoint for r in records])
+    given = parse_labels(labels, names)
+    optimizers = [r.optimizer for r in records]
+    titles = given or default_labels(optimizers, names)
+    densities = {t: r.density for t, r in zip(titles, records)}
+    tops = {t: r.spectrum.eigenvalues for t, r in zip(titles, records) if r.spectrum is not None}
+    typer.echo(save_figure(plot_densities(densities, tops, optimizers), path))

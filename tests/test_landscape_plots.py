@@ -70,3 +70,16 @@ def test_wrong_kind_or_range_is_a_user_error():
         shared_range([np.ones(3)], log=False, zlim=(2.0, 1.0))
     with pytest.raises(UserError, match="nothing to plot"):
         plot_landscapes({"empty": Surface.empty(Grid(np.zeros(2), np.zeros(2)))})
+
+
+@pytest.mark.parametrize("kind, top", [("surface", "10"), ("curve", "5")])
+def test_log_axes_are_labelled_in_values(kind, top):
+    """A log z axis (3-D, heights log10) or y axis (curves) shows the values, 1-2-5 per decade
+    (loss 0.05 … 16.05 on the planes, 0.05 … 8.05 along the line)."""
+    surfaces = SURFACES if kind == "surface" else {"SGD": bowl(8.0, dim=1)}
+    fig = plot_landscapes(surfaces, kind=kind, log=True)
+    fig.draw_without_rendering()
+    axis = fig.axes[0].zaxis if kind == "surface" else fig.axes[0].yaxis
+    labels = [t.get_text() for t in axis.get_ticklabels() if t.get_text()]
+    expected = ["0.05", "0.1", "0.2", "0.5", "1", "2", "5", "10"]
+    assert labels == expected[:expected.index(top) + 1]

@@ -115,7 +115,7 @@ def test_train_on_a_full_disk_says_resume_and_resumes_once_space_is_freed(small_
     assert invoke(*TINY_TRAIN, "--epochs", "1", "--out", run).exit_code == 0
     good = (run / "last.pt").read_bytes()
     fill(small_disk)
-    line = error_line(invoke(*TINY_TRAIN, "--epochs", "2", "--out", run, "--resume"))
+    line = error_line(invoke(*TINY_TRAIN, "--epochs", "2", "--out", run, "--resume", "--quiet"))
     assert line.startswith(f"error: {run / 'last.pt'}: not written") and line.endswith("rerun with --resume.")
     assert (run / "last.pt").read_bytes() == good
     assert sorted(os.listdir(run)) == ["history.h5", "last.pt"]  # no temp file, no lock file
@@ -147,7 +147,7 @@ def test_a_read_only_out_is_refused_before_any_work(read_only, checkpoints, tmp_
 
 
 @pytest.mark.parametrize("case", ["train onto a file", "train below a file", "eigs onto a folder",
-                                  "landscape onto a folder", "figure without extension", "figure onto a folder"])
+                                  "landscape onto a folder", "figure of another format", "figure folder onto a file"])
 def test_name_clashes_of_out_are_refused_before_any_work(checkpoints, tmp_path, case):
     (tmp_path / "file").write_text("not a run folder")
     (tmp_path / "folder").mkdir()
@@ -160,10 +160,10 @@ def test_name_clashes_of_out_are_refused_before_any_work(checkpoints, tmp_path, 
                                "is a folder; --out needs a file name"),
         "landscape onto a folder": (["landscape", ckpt, *MISSING_DATA, "--device", "cpu", "--out",
                                      tmp_path / "folder"], "is a folder; --out needs a file name"),
-        "figure without extension": (["figures", "history", tmp_path / "no-run", "--out", tmp_path / "figures" / "h"],
-                                     "must end in .png or .pdf"),
-        "figure onto a folder": (["figures", "history", tmp_path / "no-run", "--out", tmp_path / "folder"],
-                                 "is a folder; --out needs a file name"),
+        "figure of another format": (["figures", "history", tmp_path / "no-run", "--out",
+                                      tmp_path / "figures" / "h.svg"], "as .png or .pdf"),
+        "figure folder onto a file": (["figures", "history", tmp_path / "no-run", "--out", tmp_path / "file"],
+                                      "is a file, not a folder"),
     }[case]
     assert expected in error_line(invoke(*args))
     assert sorted(os.listdir(tmp_path)) == ["file", "folder"] and os.listdir(tmp_path / "folder") == []

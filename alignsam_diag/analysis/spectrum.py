@@ -94,22 +94,23 @@ def _start_vector(path: str, checkpoint: str, param_names: list[str]) -> torch.T
 
 def analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[Batch], options: EigsOptions,
             data: dict[str, Any], out: Optional[str | os.PathLike] = None, check_determinism: bool = False,
-            progress: Optional[ProgressFn] = None) -> EigsRecord:
+            progress: Optional[ProgressFn] = None, optimizer: Optional[str] = None) -> EigsRecord:
     """Run the eigs analysis of ``model`` (cross-entropy, mean over ``batches``) and return it.
 
     data: how the samples were chosen (split, sample count, seed, data set); stored with the options.
     out: eigs HDF5 file; finished parts found there (made with the same options) are reused and
     every part is written there as soon as it is done. It is locked while the analysis runs (a
     second writer is refused; see :func:`alignsam_diag.files.output_lock`).
+    optimizer: the optimizer name the checkpoint records, stored with a new record.
     """
     options.validate()
     with contextlib.nullcontext() if out is None else output_lock(out):
-        return _analyse(checkpoint, model, batches, options, data, out, check_determinism, progress)
+        return _analyse(checkpoint, model, batches, options, data, out, check_determinism, progress, optimizer)
 
 
 def _analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[Batch], options: EigsOptions,
              data: dict[str, Any], out: Optional[str | os.PathLike], check_determinism: bool,
-             progress: Optional[ProgressFn]) -> EigsRecord:
+             progress: Optional[ProgressFn], optimizer: Optional[str]) -> EigsRecord:
     """:func:`analyse` once ``out`` (if any) is locked."""
     wanted = {**options.stored(), **data}
     device = next(model.parameters()).device  # where a saved Lanczos basis goes
@@ -119,7 +120,7 @@ def _analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[
                         f"({', '.join(_differences(found.options, wanted))}); choose another --out or delete it.")
     with HessianOperator(model, F.cross_entropy, batches, options.params, keep_graph=options.keep_graph,
                          progress=progress) as op:
-        record = found or EigsRecord(str(checkpoint), wanted, op.param_names, op.shape[0])
+        record = found or EigsRecord(str(checkpoint), wanted, op.param_names, op.shape[0], optimizer=optimizer)
 
         def save(state: Optional[LanczosState] = None) -> None:
             record.state = state

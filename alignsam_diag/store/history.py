@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -21,6 +21,14 @@ COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "e
 def write_history(path: str | os.PathLike, history: dict[str, list[float]], config: dict[str, Any]) -> None:
     write_atomic(path, {k: np.asarray(history[k], dtype=np.float64) for k in COLUMNS},
                  {"config": json.dumps(config), "kind": "history"})
+
+
+def history_optimizer(path: str | os.PathLike) -> Optional[str]:
+    """The optimizer name in a ``history.h5``'s stored run configuration (None if it has none)."""
+    with open_h5(path, "history", "train") as f:
+        config = json.loads(f.attrs.get("config", "{}"))
+    name = config.get("optimizer") if isinstance(config, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def read_history(path: str | os.PathLike) -> dict[str, np.ndarray]:

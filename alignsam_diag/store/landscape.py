@@ -7,7 +7,8 @@ One file holds the surfaces of one or more checkpoints, all computed with the sa
                               seed, norm, data...), checkpoints (JSON list of group names)
     /surfaces/<name>/         one group per checkpoint; attrs: checkpoint (its path), spec,
                               params_sha256 (of θ, to refuse resuming on a changed file),
-                              points_per_pass (grid points per forward, kept on resume)
+                              points_per_pass (grid points per forward, kept on resume),
+                              optimizer (the name the checkpoint records; absent if none)
         xcoordinates (nx,)    float64
         ycoordinates (ny,)    float64, 2-D surfaces only
         <split>_loss          float64, (ny, nx) for 2-D, (nx,) for 1-D: mean cross-entropy;
@@ -180,7 +181,8 @@ def _axis(low: float, high: float, num: int) -> np.ndarray:
 class StoredSurface:
     """One checkpoint's group: its surface and what is needed to extend or resume it.
 
-    directions: (dim, P) float32 over ``direction_names`` (None until first computed)."""
+    directions: (dim, P) float32 over ``direction_names`` (None until first computed).
+    optimizer: the optimizer name the checkpoint records (None: unknown, e.g. a third-party file)."""
 
     name: str
     checkpoint: str
@@ -189,6 +191,7 @@ class StoredSurface:
     direction_names: list[str] = field(default_factory=list)
     params_sha256: str = ""
     points_per_pass: int = 0
+    optimizer: Optional[str] = None
 
 
 @dataclass
@@ -228,6 +231,8 @@ def _write_group(g: Any, stored: StoredSurface, split: str, spec_json: str) -> N
     s = stored.surface
     g.attrs.update(checkpoint=stored.checkpoint, spec=spec_json, params_sha256=stored.params_sha256,
                    points_per_pass=stored.points_per_pass)
+    if stored.optimizer is not None:
+        g.attrs["optimizer"] = stored.optimizer
     g["xcoordinates"] = s.grid.x
     if s.grid.y is not None:
         g["ycoordinates"] = s.grid.y
@@ -262,8 +267,10 @@ def _read_group(g: Any, name: str, split: str) -> StoredSurface:
                       np.where(done, accuracy[()], np.nan), done)
     directions = g["directions"][()] if "directions" in g else None
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in g["direction_names"][()]] if "directions" in g else []
+    optimizer = g.attrs.get("optimizer")
     return StoredSurface(name, str(g.attrs["checkpoint"]), surface, directions, names,
-                         str(g.attrs.get("params_sha256", "")), int(g.attrs.get("points_per_pass", 0)))
+                         str(g.attrs.get("params_sha256", "")), int(g.attrs.get("points_per_pass", 0)),
+                         None if optimizer is None else str(optimizer))
 
 
 def read_landscape(path: str | os.PathLike) -> LandscapeFile:

@@ -1,9 +1,11 @@
 """HDF5 file of ``eigs`` results: one group per checkpoint.
 
-Layout (root attribute ``kind = "eigs"``)::
+Layout (root attributes ``kind = "eigs"``, ``order``: JSON list of the group names in the order
+their checkpoints were first written — the order given to ``eigs``)::
 
     /<group>                      group name: the checkpoint path with "/" written as "|"
-        attrs checkpoint, options (JSON), num_parameters
+        attrs checkpoint, options (JSON), num_parameters, optimizer (the name the checkpoint
+              records; absent if none)
         param_names (P_t,) str    parameters in the operator's scope, in order (Σ numel = P)
         eigenvalues (k,) f8       ordered by options["which"]
         residuals (k,) f8         true ‖Hv − λv‖ of each pair
@@ -47,6 +49,7 @@ class EigsRecord:
 
     state: an unfinished Lanczos run to continue. The spectrum's eigenvectors (k, P) are
     written as float32 when present; they are not read back here (see :func:`read_eigenvectors`).
+    optimizer: the optimizer name the checkpoint records (None: unknown, e.g. a third-party file).
     """
 
     checkpoint: str
@@ -57,6 +60,7 @@ class EigsRecord:
     state: Optional[LanczosState] = None
     trace: Optional[TraceEstimate] = None
     density: Optional[SpectralDensity] = None
+    optimizer: Optional[str] = None
 
 
 def group_name(checkpoint: str | os.PathLike) -> str:
@@ -73,17 +77,28 @@ def write_record(path: str | os.PathLike, record: EigsRecord) -> None:
         out.attrs["kind"] = KIND
         group = out.create_group(name)
         _write_group(group, record)
+        order: list[str] = []
         if path.exists():
             with _open_eigs(path) as old:
+                order = _group_order(old)
                 for key in old:
                     if key != name:
                         old.copy(old[key], out, name=key)
                     elif "eigenvectors" in old[key] and "eigenvectors" not in group and "eigenvalues" in group:
                         old.copy(old[key]["eigenvectors"], group)
+        out.attrs["order"] = json.dumps(order if name in order else [*order, name])
+
+
+def _group_order(f: h5py.File) -> list[str]:
+    """The file's group names in the order they were first written (files without an ``order``
+    attribute: HDF5's, alphabetical)."""
+    return json.loads(f.attrs["order"]) if "order" in f.attrs else list(f)
 
 
 def _write_group(g: h5py.Group, r: EigsRecord) -> None:
     g.attrs.update(checkpoint=r.checkpoint, options=json.dumps(r.options), num_parameters=r.num_parameters)
+    if r.optimizer is not None:
+        g.attrs["optimizer"] = r.optimizer
     g.create_dataset("param_names", data=np.array(r.param_names, dtype=h5py.string_dtype()))
     if r.spectrum is not None:
         s = r.spectrum
@@ -110,15 +125,18 @@ def _write_group(g: h5py.Group, r: EigsRecord) -> None:
 
 
 def read_records(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, EigsRecord]:
-    """Every group of ``path`` by checkpoint (an unfinished Lanczos state is put on ``device``)."""
+    """Every group of ``path`` by checkpoint, in the order written (an unfinished Lanczos state is
+    put on ``device``)."""
     with _open_eigs(path) as f:
-        return {f[name].attrs["checkpoint"]: _read_group(f[name], device) for name in f}
+        return {f[name].attrs["checkpoint"]: _read_group(f[name], device) for name in _group_order(f)}
 
 
 def _read_group(g: h5py.Group, device: torch.device | str) -> EigsRecord:
     record = EigsRecord(str(g.attrs["checkpoint"]), json.loads(g.attrs["options"]),
                         [n.decode() if isinstance(n, bytes) else n for n in g["param_names"][()]],
                         int(g.attrs["num_parameters"]))
+    if "optimizer" in g.attrs:
+        record.optimizer = str(g.attrs["optimizer"])
     if "eigenvalues" in g:
         a = g["eigenvalues"].attrs
         record.spectrum = Spectrum(g["eigenvalues"][()], g["residuals"][()], None, int(a["hvps"]),
