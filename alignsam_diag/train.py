@@ -8,6 +8,11 @@ variant it runs.
 A run folder has one writer at a time (:func:`alignsam_diag.files.output_lock`); a resumed run
 takes every option from its ``last.pt`` (:func:`resume`), only the epoch count may grow.
 
+Checkpoints record the settings as resolved, defaults written out (:meth:`TrainConfig.resolved`
+and the ``optimizer`` entry: every hyper-parameter of the variant, |B^a|, the base optimizer's
+settings, the schedule with its warm-up), so a later change of a default does not change what a
+stored run was or how it resumes.
+
 Randomness is keyed by (seed, epoch): the epoch's sample order, the auxiliary-batch order and
 the augmentation draws come from generators seeded from those two numbers, so a run resumed
 from the checkpoint at the end of epoch e replays epoch e+1 exactly as an uninterrupted run.
@@ -18,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
@@ -39,8 +44,9 @@ from .store.history import COLUMNS, write_history
 
 @dataclass
 class TrainConfig:
-    """A training run. ``hyper`` holds the optimizer variant's own hyper-parameters (rho, lam...);
-    ``aux_batch_size`` None means |B^t|/4 (the paper's setting) for variants that need one."""
+    """A training run. ``hyper`` holds the optimizer variant's own hyper-parameters (rho, lam...;
+    those left out take the variant's defaults); ``aux_batch_size`` None means |B^t|/4 (the
+    paper's setting) for variants that need one. :meth:`resolved` writes the defaults out."""
 
     data: DataSpec = field(default_factory=DataSpec)
     arch: str = "cnn-small"
@@ -54,7 +60,7 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 1.0  # at lr 0.1 without it, SGD and SAM start far above chance
     seed: int = 0
     amp: Optional[str] = None
     save_every: int = 0
@@ -79,6 +85,19 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with what the optimizer variant leaves to defaults written out, as checkpoints
+        store it: ``hyper`` holds every hyper-parameter of the variant
+        (:func:`alignsam_diag.optim.hyperparameters`; the given ones win), ``aux_batch_size`` the
+        |B^a| used for variants with an auxiliary batch (|B^t|/4 when not given) and None for the
+        others. Resolving a resolved config changes nothing."""
+        variant = optim.OPTIMIZERS.get(self.optimizer)
+        if self.aux_batch_size is not None and not variant.needs_aux:
+            raise UserError(f"--aux-batch-size is only used by variants with an auxiliary batch "
+                            f"(align-sam, align-asam), not {self.optimizer}.")
+        aux = (self.aux_batch_size or default_aux_batch_size(self.batch_size)) if variant.needs_aux else None
+        return replace(self, hyper={**optim.hyperparameters(self.optimizer), **self.hyper}, aux_batch_size=aux)
 
     def to_dict(self) -> dict[str, Any]:
         """The stored form (the data spec without its runtime-only ``download``)."""
@@ -107,6 +126,23 @@ class TrainResult:
     run_dir: Path
 
 
+def default_aux_batch_size(batch_size: int) -> int:
+    """|B^a| when none is given: |B^t|/4, the paper's setting (at least 1)."""
+    return max(1, batch_size // 4)
+
+
+def schedule_settings(config: TrainConfig, steps_per_epoch: int) -> dict[str, Any]:
+    """The learning-rate schedule of ``config`` in steps, as checkpoints store it and
+    :func:`cosine_schedule` follows it: linear warm-up over ``warmup_steps``, then cosine decay
+    from ``peak_lr`` to ``final_lr`` (0) at ``total_steps``. The warm-up takes at most half the
+    run, so a short run (the one-epoch default warm-up in a one-epoch run) still decays."""
+    total = config.epochs * steps_per_epoch
+    return {"name": "cosine", "peak_lr": config.lr, "final_lr": 0.0, "total_steps": total,
+            "warmup": "linear", "warmup_epochs": config.warmup_epochs,
+            "warmup_steps": min(round(config.warmup_epochs * steps_per_epoch), total // 2),
+            "steps_per_epoch": steps_per_epoch}
+
+
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     """A CPU generator for one (seed, epoch, stream); streams: 0 order, 1 aux order,
     2 train augmentation, 3 aux augmentation."""
@@ -132,7 +168,7 @@ class BatchStream:
         n = len(data)
         self.order = torch.randperm(n, generator=epoch_generator(config.seed, epoch, 0)).to(data.y.device)
         self.batch_size = config.batch_size
-        self.aux_size = config.aux_batch_size or max(1, config.batch_size // 4)
+        self.aux_size = config.aux_batch_size or default_aux_batch_size(config.batch_size)
         self.aux_gen = epoch_generator(config.seed, epoch, 1)
         self.aux_order = torch.empty(0, dtype=torch.long)
         self.train_aug = epoch_generator(config.seed, epoch, 2)
@@ -181,11 +217,13 @@ def _autocast(amp: Optional[str], device: torch.device) -> Any:
 
 
 class Run:
-    """One training run: model, optimizer, scheduler and history, checkpointed per epoch."""
+    """One training run: model, optimizer, scheduler and history, checkpointed per epoch.
+    ``config`` is the resolved copy (:meth:`TrainConfig.resolved`) of the one given."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device,
                  data: Optional[DataSplits] = None) -> None:
         config.validate()
+        config = config.resolved()
         self.config, self.run_dir, self.device = config, Path(run_dir), device
         self.data = data or load_data(config.data, device)
         torch.manual_seed(config.seed)
@@ -196,13 +234,9 @@ class Run:
                                       lr=config.lr, momentum=config.momentum,
                                       weight_decay=config.weight_decay, model=self.model,
                                       amp=config.amp, **config.hyper)
-        if config.aux_batch_size is not None and not self.optimizer.needs_aux:
-            raise UserError(f"--aux-batch-size is only used by variants with an auxiliary batch "
-                            f"(align-sam, align-asam), not {config.optimizer}.")
-        steps_per_epoch = math.ceil(len(self.data.train) / config.batch_size)
+        self.schedule = schedule_settings(config, math.ceil(len(self.data.train) / config.batch_size))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, cosine_schedule(config.epochs * steps_per_epoch,
-                                            round(config.warmup_epochs * steps_per_epoch)))
+            self.optimizer, cosine_schedule(self.schedule["total_steps"], self.schedule["warmup_steps"]))
         self.epoch, self.step = 0, 0
         self.history: dict[str, list[float]] = {k: [] for k in COLUMNS}
 
@@ -211,9 +245,7 @@ class Run:
             "state_dict": self.model.state_dict(),
             "model": self.spec.to_dict(),
             "data": self.config.data.to_dict(),
-            "optimizer": {"name": self.config.optimizer, "base": self.config.base,
-                          "lr": self.config.lr, "momentum": self.config.momentum,
-                          "weight_decay": self.config.weight_decay, "hyper": dict(self.config.hyper)},
+            "optimizer": self.settings(),
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict(),
             "config": self.config.to_dict(),
@@ -223,6 +255,16 @@ class Run:
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
         }
+
+    def settings(self) -> dict[str, Any]:
+        """What the run's optimizer does, defaults written out (a checkpoint's ``optimizer``): the
+        variant's ``name`` and every hyper-parameter (``hyper``), ``aux_batch_size`` (|B^a|, None
+        without an auxiliary batch), the ``base`` optimizer's settings
+        (:meth:`~alignsam_diag.optim.SharpnessAware.base_settings`) and the LR ``schedule`` with
+        its warm-up (:func:`schedule_settings`)."""
+        return {"name": self.config.optimizer, "hyper": dict(self.config.hyper),
+                "aux_batch_size": self.config.aux_batch_size, "base": self.optimizer.base_settings(),
+                "schedule": dict(self.schedule)}
 
     def restore(self, ckpt: Mapping[str, Any]) -> None:
         """Continue from ``ckpt``, a checkpoint written by this loop."""
@@ -272,7 +314,7 @@ class Run:
                 loss_value = loss_sum.item() / seen
                 if not math.isfinite(loss_value):
                     raise self.diverged(loss_value)
-                report(progress, "train", i + 1, len(stream), epoch=self.epoch + 1,
+                report(progress, "train", i + 1, len(stream), log=False, epoch=self.epoch + 1,
                        loss=loss_value, acc=correct.item() / seen, img_per_s=seen / (now - start))
         return loss_sum.item() / seen, correct.item() / seen
 
@@ -298,7 +340,7 @@ class Run:
                    "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds}
             for k, v in row.items():
                 self.history[k].append(float(v))
-            report(progress, "epoch", self.epoch, cfg.epochs, **row)
+            report(progress, "epoch", self.epoch, cfg.epochs, log=True, **{k: v for k, v in row.items() if k != "epoch"})
             self.save()
         return TrainResult({k: v[-1] for k, v in self.history.items() if v}, self.history, self.run_dir)
 
@@ -344,11 +386,12 @@ def _damaged(last: Path) -> UserError:
 
 
 def _read_run(last: Path) -> tuple[dict[str, Any], TrainConfig]:
-    """The checkpoint ``last`` of a run and its configuration; anything but a readable checkpoint of
-    this loop (a tampered file included) is one line saying so, never a hint to trust the file."""
+    """The checkpoint ``last`` of a run and its configuration, resolved (a run stored before
+    checkpoints held resolved settings takes today's defaults); anything but a readable checkpoint
+    of this loop (a tampered file included) is one line saying so, never a hint to trust the file."""
     try:
         ckpt = read_file(last)
-        config = TrainConfig.from_dict(ckpt["config"]) if ckpt.get("format") == FORMAT else None
+        config = TrainConfig.from_dict(ckpt["config"]).resolved() if ckpt.get("format") == FORMAT else None
     except (UserError, KeyError, TypeError, ValueError, AttributeError):
         config = None
     if config is None:

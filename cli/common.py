@@ -9,8 +9,9 @@ import json
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional, TextIO
 
 import torch
 import typer
@@ -86,6 +87,8 @@ Full = Annotated[bool, typer.Option("--full", help="Use the whole split instead 
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Samples per forward pass.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for the sample subset and random directions.")]
 Json = Annotated[bool, typer.Option("--json", help="Print results as JSON on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress output (by default a live bar on a terminal, "
+                                                     "plain lines in a log).")]
 Checkpoints = Annotated[list[Path], typer.Argument(help="Checkpoint files (ours or third-party).")]
 
 
@@ -133,13 +136,13 @@ def _format_info(info: dict[str, float | str]) -> str:
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[ProgressFn]:
+def progress_bar() -> Iterator[ProgressFn]:
     """A Rich progress bar on stderr; yields the callback to hand to library functions.
     One bar per task name; the update's ``info`` is shown next to it. The bar disappears when
     the work ends, so an error message stays the only line."""
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-    with Progress(*columns, console=console, disable=not enabled, transient=True) as bar:
+    with Progress(*columns, console=console, transient=True) as bar:
         tasks: dict[str, Any] = {}
 
         def update(u: ProgressUpdate) -> None:
@@ -148,6 +151,48 @@ def progress_bar(enabled: bool = True) -> Iterator[ProgressFn]:
             bar.update(tasks[u.task], completed=u.completed, total=u.total, info=_format_info(u.info))
 
         yield update
+
+
+@contextlib.contextmanager
+def progress_lines(stream: TextIO) -> Iterator[ProgressFn]:
+    """Plain progress lines for a log (no terminal): one per milestone update (an epoch, a
+    Lanczos product), one per ~5 % of other tasks, none for fine-grained steps (see
+    :class:`~alignsam_diag.progress.ProgressUpdate`), each flushed at once and stamped with the
+    time since the command started."""
+    start = time.monotonic()
+    shown: dict[str, int] = {}  # task -> last 5 % step written (none before the first 5 %)
+
+    def update(u: ProgressUpdate) -> None:
+        if u.log is False:
+            return
+        if u.log is None:
+            step = int(20 * u.completed / u.total) if u.total else 0
+            if step <= shown.get(u.task, 0) and u.completed != u.total:
+                return
+            shown[u.task] = step
+        seconds = int(time.monotonic() - start)
+        count = f"{u.completed:g}" + (f"/{u.total:g}" if u.total else "")
+        info = _format_info(u.info)
+        stream.write(f"[{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}] {u.task} {count}"
+                     + (f"  {info}" if info else "") + "\n")
+        stream.flush()
+
+    yield update
+
+
+@contextlib.contextmanager
+def progress_display(quiet: bool = False) -> Iterator[ProgressFn]:
+    """The progress callback for a long command: a live Rich bar when stderr is a terminal, plain
+    lines (:func:`progress_lines`) when it is not (a batch job's log, ``nohup``), nothing with
+    ``quiet``."""
+    if quiet:
+        yield lambda update: None
+    elif sys.stderr.isatty():
+        with progress_bar() as update:
+            yield update
+    else:
+        with progress_lines(sys.stderr) as update:
+            yield update
 
 
 InputShape = Annotated[Optional[str], typer.Option(

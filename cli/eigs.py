@@ -15,7 +15,7 @@ from alignsam_diag.files import output_lock
 from alignsam_diag.store.spectrum import EigsRecord
 
 from .common import (Arch, ArchKwargs, BatchSize, Checkpoints, DataRoot, Dataset, Device, Full, Json, NumClasses,
-                     Samples, Seed, Split, Trust, load_analysis_inputs, print_json, progress_bar, resolve_device)
+                     Quiet, Samples, Seed, Split, Trust, load_analysis_inputs, print_json, progress_display, resolve_device)
 
 Opt = typer.Option
 
@@ -98,6 +98,7 @@ def eigs(
                                                      "same command to continue an interrupted run. One run at a "
                                                      "time may write it.")] = None,
     json_out: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Top-k Hessian eigenvalues of the mean loss on fixed samples (default: 4096 seeded training
     samples), printed as the paper's Table 10 (λ1, λ1/λ2 … λ1/λk), one row per checkpoint."""
@@ -110,7 +111,7 @@ def eigs(
         raise UserError("--save-vectors and --density store their results: give --out FILE.h5.")
     target = resolve_device(device)
     records = []
-    with contextlib.nullcontext() if out is None else output_lock(out), progress_bar() as progress:
+    with contextlib.nullcontext() if out is None else output_lock(out), progress_display(quiet) as progress:
         for checkpoint in checkpoints:
             inputs = load_analysis_inputs(checkpoint, dataset=dataset, data_root=data_root, arch=arch,
                                           arch_kwargs=arch_kwargs, num_classes=num_classes, trust=trust_checkpoint,
@@ -118,7 +119,7 @@ def eigs(
                                           batch_size=batch_size, device=target)
             data = {"split": split, "samples": len(inputs.data), "dataset": dataset or "from checkpoint"}
             records.append(analyse(checkpoint, inputs.checkpoint.model, inputs.batches, options, data, out,
-                                   check_determinism, progress))
+                                   check_determinism, progress, inputs.checkpoint.optimizer))
     if json_out:
         print_json([as_json(r) for r in records])
     else:

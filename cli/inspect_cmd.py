@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -19,6 +19,15 @@ from .common import (Arch, ArchKwargs, DataRoot, Dataset, InputShape, Json, NumC
                      parse_json_object, print_json)
 
 
+def _leaves(value: Any, key: str) -> Iterator[tuple[str, str]]:
+    """(dotted key, value as text) for every leaf of nested dicts, e.g. ("optimizer.hyper.rho", "0.05")."""
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            yield from _leaves(v, f"{key}.{k}")
+    else:
+        yield key, str(value)
+
+
 def _render(path: Path, s: CheckpointSummary) -> None:
     out = Console()
     out.print(f"[bold]{path}[/bold]  ({s.source})")
@@ -31,7 +40,8 @@ def _render(path: Path, s: CheckpointSummary) -> None:
     if s.meta:
         meta = Table("key", "value", title="stored metadata", title_justify="left")
         for key, value in s.meta.items():
-            meta.add_row(key, str(value))
+            for row in _leaves(value, key):
+                meta.add_row(*row)
         out.print(meta)
     if s.history:
         columns = [c for c in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr") if c in s.history]

@@ -8,12 +8,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from alignsam_diag.analysis.directions import checkpoint_loader
 from alignsam_diag.analysis.landscape import LandscapeInputs, LandscapeResult, LandscapeSpec, compute_landscapes
 from alignsam_diag.data import fixed_batches, sample_subset
 from alignsam_diag.errors import UserError
 
 from .common import (Arch, ArchKwargs, BatchSize, Checkpoints, DataRoot, Dataset, Device, Full, Json, NumClasses,
-                     Samples, Seed, Split, Trust, load_analysis_inputs, print_json, progress_bar, resolve_device)
+                     Quiet, Samples, Seed, Split, Trust, load_analysis_inputs, print_json, progress_display, resolve_device)
 
 Opt = typer.Option
 
@@ -61,7 +62,8 @@ def landscape(
     grid: Annotated[int, Opt("--grid", help="Points per axis (Li et al.: 51).")] = 51,
     xrange: Annotated[str, Opt("--xrange", help="LOW:HIGH coordinates along direction 1.")] = "-1:1",
     yrange: Annotated[str, Opt("--yrange", help="LOW:HIGH coordinates along direction 2 (2-D).")] = "-1:1",
-    directions: Annotated[str, Opt("--directions", help="random | interpolate:CKPT (towards another checkpoint) | "
+    directions: Annotated[str, Opt("--directions", help="random | interpolate:CKPT (towards another checkpoint, "
+                                   "built like the first: same --arch, --arch-kwargs, --num-classes) | "
                                    "eigs:FILE.h5 (top Hessian eigenvectors from `eigs`) | surface:FILE.h5 "
                                    "(reuse an earlier landscape's directions).")] = "random",
     norm: Annotated[str, Opt("--norm", help="Random directions scaled per filter (Li et al.), per layer, or none.")] = "filter",
@@ -78,8 +80,12 @@ def landscape(
     full: Full = False,
     batch_size: BatchSize = 512,
     seed: Seed = 0,
-    bn: Annotated[str, Opt("--bn", help="eval: the stored BatchNorm statistics; recompute: re-estimate them "
-                           "at every point from --bn-batches training batches.")] = "eval",
+    bn: Annotated[str, Opt("--bn", help="eval: stored BatchNorm statistics — along random and eigs directions "
+                           "the checkpoint's own at every point; along interpolate:CKPT they move with the weights "
+                           "from the checkpoint's to CKPT's (x = 0 and x = 1 are the two models exactly; a 2-D "
+                           "plane's random second direction leaves them); surface:FILE does what its stored "
+                           "directions did. recompute: for every kind, re-estimated at every point (x = 0 "
+                           "included) from --bn-batches training batches.")] = "eval",
     bn_batches: Annotated[int, Opt("--bn-batches", help="Training batches per point for --bn recompute.")] = 4,
     points_per_pass: Annotated[str, Opt("--points-per-pass", help="Grid points per forward pass (vmap); "
                                         "auto times the choices.")] = "auto",
@@ -88,6 +94,7 @@ def landscape(
                                            "at a time may write it.")] = Path("landscape.h5"),
     save_every: Annotated[float, Opt("--save-every", help="Seconds between saves of unfinished work.")] = 30.0,
     json_out: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Loss and accuracy on a grid around each checkpoint, along seeded filter-normalised random
     directions shared by all checkpoints (Li et al. 2018); written to --out, resumable."""
@@ -111,9 +118,11 @@ def landscape(
         if bn == "recompute":
             train = sample_subset(inputs.splits.train, bn_batches * batch_size, seed)
             bn_inputs = [x for x, _ in fixed_batches(train, batch_size)]
-        return LandscapeInputs(inputs.checkpoint.model, inputs.batches, bn_inputs)
+        return LandscapeInputs(inputs.checkpoint.model, inputs.batches, bn_inputs,
+                               load_target=checkpoint_loader(inputs.checkpoint.spec, trust_checkpoint),
+                               optimizer=inputs.checkpoint.optimizer)
 
-    with progress_bar() as progress:
+    with progress_display(quiet) as progress:
         results = compute_landscapes(out, spec, [str(c) for c in checkpoints], load, points_per_pass=chosen_points,
                                      progress=progress, save_every_s=save_every)
     if json_out:

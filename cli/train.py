@@ -15,7 +15,8 @@ from alignsam_diag.train import ResumeConflict, TrainConfig, TrainResult
 from alignsam_diag.train import resume as resume_run
 from alignsam_diag.train import train as run_training
 
-from .common import ArchKwargs, DataRoot, Device, Json, parse_json_object, print_json, progress_bar, resolve_device
+from .common import (ArchKwargs, DataRoot, Device, Json, Quiet, parse_json_object, print_json, progress_display,
+                     resolve_device)
 
 Opt = typer.Option
 
@@ -29,7 +30,7 @@ STORED_AS = {
     "amp": "amp", "save_every": "save_every", **{name: f"hyper.{name}" for name in HYPER},
 }
 # Options that are not part of the stored run: runtime choices, and --epochs, which may extend it.
-NOT_STORED = ("download", "device", "out", "resume", "json_out", "epochs")
+NOT_STORED = ("download", "device", "out", "resume", "json_out", "quiet", "epochs")
 
 
 def train(
@@ -47,7 +48,9 @@ def train(
     lr: Annotated[float, Opt("--lr", help="Peak learning rate (cosine schedule to 0).")] = 0.1,
     momentum: Annotated[float, Opt("--momentum")] = 0.9,
     weight_decay: Annotated[float, Opt("--weight-decay")] = 5e-4,
-    warmup_epochs: Annotated[float, Opt("--warmup-epochs", help="Linear warm-up before the cosine decay.")] = 0.0,
+    warmup_epochs: Annotated[float, Opt("--warmup-epochs", help="Epochs of linear warm-up from 0 to --lr before the "
+                                         "cosine decay (at most half the run); without it runs at lr 0.1 (SAM's "
+                                         "above all) start far above chance.")] = 1.0,
     rho: Annotated[Optional[float], Opt("--rho", help="Perturbation radius ρ (variant defaults: see README).", show_default=False)] = None,
     lam: Annotated[Optional[float], Opt("--lam", help="Align-SAM's trade-off λ; Friendly-SAM's averaging λ.", show_default=False)] = None,
     aux_batch_size: Annotated[Optional[int], Opt("--aux-batch-size", help="Align-SAM |B^a| (default |B^t|/4).", show_default=False)] = None,
@@ -69,6 +72,7 @@ def train(
                                                  "(giving a different one is an error; --epochs may extend).")] = False,
     save_every: Annotated[int, Opt("--save-every", help="Also keep epoch_NNN.pt every N epochs (0: only last.pt).")] = 0,
     json_out: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train a model; write <out>/last.pt, epoch_NNN.pt and history.h5. One run at a time may write
     a run folder."""
@@ -80,7 +84,7 @@ def train(
         lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs, seed=seed,
         amp=amp, save_every=save_every)
     target = resolve_device(device)
-    with progress_bar() as progress:
+    with progress_display(quiet) as progress:
         if resume:
             result = _resume(ctx, config, out, target, download, progress)
         else:

@@ -122,4 +122,5 @@ def test_align_sam_draws_one_aux_batch_per_step_of_the_right_size(tmp_path, monk
     result = train(cfg, tmp_path)
     assert draws == [16] * (6 * 23)  # |B^a| = |B^t|/4, one B^a per step for both aux passes
     assert result.metrics["test_acc"] >= 0.95
-    assert read_file(tmp_path / "last.pt")["optimizer"]["hyper"] == {}
+    stored = read_file(tmp_path / "last.pt")["optimizer"]  # the defaults as used, written out
+    assert stored["hyper"] == {"rho": 0.05, "lam": 2.0} and stored["aux_batch_size"] == 16

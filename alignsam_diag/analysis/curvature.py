@@ -141,7 +141,7 @@ class HessianOperator:
             grads = self._graph(i)
             for row, piece in enumerate(pieces):
                 out[row] += self._second_backward(grads, piece)
-            report(self.progress, "hvp", i + 1, len(self.batches))
+            report(self.progress, "hvp", i + 1, len(self.batches), log=False)
         self.num_products += vectors.shape[0]
         return out
 

@@ -253,12 +253,13 @@ def lanczos(op: LinearOperator, k: int = 5, which: str = "LM", tol: float = 1e-3
         if state.steps >= k:
             theta, s, residuals, lam_max = wanted_pairs(state, which, k)
             converged = bool(np.all(residuals <= tol * lam_max))
-            report(progress, "lanczos", state.steps, limit, lambda1=float(theta[0]),
-                   residual=float(residuals.max() / max(lam_max, 1e-300)))
+            report(progress, "lanczos", state.steps, limit, log=True, lambda1=float(theta[0]),
+                   residual=float(residuals.max() / max(lam_max, 1e-300)),
+                   ritz=" ".join(f"{t:.5g}" for t in theta))
             if converged or state.steps >= limit:
                 break
         else:
-            report(progress, "lanczos", state.steps, limit)
+            report(progress, "lanczos", state.steps, limit, log=True)
         started = time.perf_counter()
         state.absorb(op.matvec(state.next_vector()))
         state.seconds += time.perf_counter() - started

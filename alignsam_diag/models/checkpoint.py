@@ -59,6 +59,14 @@ class LoadedCheckpoint:
     meta: dict[str, Any] = field(default_factory=dict)
     source: str = "state-dict"
 
+    @property
+    def optimizer(self) -> Optional[str]:
+        """The optimizer name ``train`` recorded (``meta["optimizer"]["name"]``), or None
+        (third-party files, which may keep an optimizer state under that key)."""
+        entry = self.meta.get("optimizer")
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        return name if isinstance(name, str) else None
+
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
     """Write ``payload`` (plus format and version tags) atomically (temp file, fsync, rename:

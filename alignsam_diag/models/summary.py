@@ -16,7 +16,10 @@ from .registry import count_parameters
 class CheckpointSummary:
     """source: file format; arch/num_classes/...: the model spec; parameters: total count;
     parameters_by_layer: layer type (Conv2d, Linear, BatchNorm2d...) -> own parameters;
-    meta: stored metadata (epoch, step, optimizer, data, metrics, version);
+    meta: stored metadata (epoch, step, optimizer, data, metrics, version); a run of ``train``
+    stores under ``optimizer`` its settings as resolved, defaults included (variant and every
+    hyper-parameter, |B^a|, base optimizer, LR schedule and warm-up:
+    :meth:`alignsam_diag.train.Run.settings`), shown as stored, never re-derived from today's defaults;
     history: per-epoch columns when the file carries a training history."""
 
     source: str

@@ -34,6 +34,8 @@ Closure = Callable[[str], torch.Tensor]
 
 OPTIMIZERS: Registry[type["SharpnessAware"]] = Registry("optimizer")
 BASES: Registry[Callable[..., torch.optim.Optimizer]] = Registry("base optimizer")
+#: Settings of a torch optimizer that choose how its update is computed, not what it computes.
+IMPLEMENTATION_FLAGS = ("foreach", "fused", "differentiable", "capturable")
 
 
 @BASES.register("sgd")
@@ -92,6 +94,7 @@ class SharpnessAware(torch.optim.Optimizer):
     def __init__(self, params: Any, *, base: str = "sgd", lr: float, momentum: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, model: Optional[nn.Module] = None) -> None:
         super().__init__(params, {})
+        self.base_name = base
         self.base = BASES.get(base)(self.param_groups, lr=lr, momentum=momentum,
                                     weight_decay=weight_decay, nesterov=nesterov)
         self.param_groups = self.base.param_groups
@@ -179,6 +182,14 @@ class SharpnessAware(torch.optim.Optimizer):
             yield
         finally:
             vectors.copy_(params, origin)
+
+    def base_settings(self) -> dict[str, Any]:
+        """The base optimizer's settings as it uses them, its own defaults included: ``name`` and
+        every hyper-parameter (``lr`` as given, the peak of any schedule), e.g. ``{"name": "sgd",
+        "lr": 0.1, "momentum": 0.9, "dampening": 0, "weight_decay": 0.0005, "nesterov": False,
+        "maximize": False}``; AdamW adds ``betas``, ``eps``, ``amsgrad``."""
+        return {"name": self.base_name,
+                **{k: v for k, v in self.base.defaults.items() if k not in IMPLEMENTATION_FLAGS}}
 
     # -- state --------------------------------------------------------------------------------
 
