@@ -15,6 +15,7 @@ import torch
 from .data import ArrayDataset, DataSpec, DataSplits, fixed_batches, load_data, sample_subset
 from .errors import UserError
 from .models.checkpoint import LoadedCheckpoint, load_checkpoint
+from .models.probe import check_model_takes
 
 
 @dataclass
@@ -51,30 +52,21 @@ def load_inputs(path: str | os.PathLike, *, data: Optional[DataSpec] = None,
                            in_channels=splits.in_channels if splits else None,
                            image_size=splits.image_size if splits else None)
     if splits is None:
-        if ckpt.data is None:
-            raise UserError(f"{path}: the checkpoint does not say which data it was trained on; pass --dataset.")
-        stored = DataSpec.from_dict(ckpt.data)
+        stored = _stored_data(path, ckpt)
         stored.root = data_root or stored.root
         splits = load_data(stored, device)
     chosen = sample_subset(splits.train if split == "train" else splits.test, samples, seed)
-    check_model_takes(ckpt.model, chosen, str(path))
+    check_model_takes(ckpt.model, chosen.x, chosen.y, str(path), "pass the --dataset it was trained on, or "
+                      "--arch/--arch-kwargs that fit the data")
     return AnalysisInputs(ckpt, splits, chosen, fixed_batches(chosen, batch_size))
 
 
-@torch.no_grad()
-def check_model_takes(model: torch.nn.Module, data: ArrayDataset, name: str) -> None:
-    """One forward pass on two samples (eval mode, so no state changes): the model must accept
-    the samples' shape and have an output for every label, else a one-line :class:`UserError`."""
-    shape = "×".join(map(str, data.x.shape[1:]))
+def _stored_data(path: str | os.PathLike, ckpt: LoadedCheckpoint) -> DataSpec:
+    """The data spec our checkpoint records (``Checkpoint.data``), checked field by field;
+    a one-line :class:`UserError` naming ``path`` for a file without one or with an altered one."""
+    if ckpt.record is None or ckpt.record.data is None:
+        raise UserError(f"{path}: the checkpoint does not say which data it was trained on; pass --dataset.")
     try:
-        out = model(data.x[:2])
-    except RuntimeError as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
-        raise UserError(f"{name}: the model cannot take these samples (each {shape}): {reason}; pass the "
-                        "--dataset it was trained on, or --arch/--arch-kwargs that fit the data.") from None
-    if out.dim() != 2:
-        raise UserError(f"{name}: the model returns outputs of shape {tuple(out.shape)} for a batch of samples "
-                        "each " + shape + "; analyses need one row of class scores per sample.")
-    if int(data.y.max()) >= out.shape[1]:
-        raise UserError(f"{name}: the model has {out.shape[1]} outputs but the data have labels up to "
-                        f"{int(data.y.max())}; pass the --dataset it was trained on (or --num-classes).")
+        return DataSpec.from_dict(ckpt.record.data)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None

@@ -1,12 +1,20 @@
-"""How much memory a device has free, and refusing work that cannot fit before it allocates."""
+"""How much memory a device has free, refusing work that cannot fit before it allocates, and
+memory budgets ("8GiB", "50%") for choosing between a fast and a frugal way of working."""
 
 from __future__ import annotations
 
 import os
+import re
+from typing import Union
 
 import torch
 
 from .errors import UserError
+
+DEFAULT_BUDGET_SHARE = 0.5  # of the free memory, when no budget is given
+UNITS = {"": 1, "b": 1, "k": 2 ** 10, "kib": 2 ** 10, "kb": 10 ** 3, "m": 2 ** 20, "mib": 2 ** 20, "mb": 10 ** 6,
+         "g": 2 ** 30, "gib": 2 ** 30, "gb": 10 ** 9, "t": 2 ** 40, "tib": 2 ** 40, "tb": 10 ** 12}
+Budget = Union[int, str, None]
 
 
 def available_bytes(device: torch.device | str = "cpu") -> int:
@@ -26,7 +34,32 @@ def available_bytes(device: torch.device | str = "cpu") -> int:
 
 
 def gib(n: float) -> str:
-    return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 28 else f"{n / 2 ** 20:.1f} MiB"
+    """``n`` bytes for a message: GiB from 256 MiB up, MiB from 100 KiB up, else KiB."""
+    if n >= 2 ** 28:
+        return f"{n / 2 ** 30:.1f} GiB"
+    return f"{n / 2 ** 20:.1f} MiB" if n >= 100 * 2 ** 10 else f"{n / 2 ** 10:.1f} KiB"
+
+
+def budget_bytes(budget: Budget, device: torch.device | str = "cpu") -> int:
+    """The bytes a memory budget allows on ``device``.
+
+    budget: an int (bytes); a size such as "8GiB", "512MB" or "1.5G" (K, M, G, T and KiB … TiB
+    are powers of 1024, KB … TB powers of 1000); a share of the free memory such as "50%"; or
+    None: ``DEFAULT_BUDGET_SHARE`` of the free memory (:func:`available_bytes`).
+    """
+    if budget is None:
+        return int(DEFAULT_BUDGET_SHARE * available_bytes(device))
+    if isinstance(budget, int) and budget > 0:
+        return budget
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(%|[a-zA-Z]*)\s*", str(budget))
+    unit = match.group(2).lower() if match else ""
+    value = float(match.group(1)) if match else 0.0
+    if match and unit == "%" and 0 < value <= 100:
+        return int(value / 100 * available_bytes(device))
+    if match and unit in UNITS and value * UNITS[unit] >= 1:
+        return int(value * UNITS[unit])
+    raise UserError(f"--memory-budget {budget}: give a size such as 8GiB or 512MB, or a share of the free memory "
+                    "such as 50%.")
 
 
 def require_memory(needed: int, what: str, hint: str, device: torch.device | str = "cpu") -> None:

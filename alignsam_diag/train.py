@@ -8,10 +8,11 @@ variant it runs.
 A run folder has one writer at a time (:func:`alignsam_diag.files.output_lock`); a resumed run
 takes every option from its ``last.pt`` (:func:`resume`), only the epoch count may grow.
 
-Checkpoints record the settings as resolved, defaults written out (:meth:`TrainConfig.resolved`
-and the ``optimizer`` entry: every hyper-parameter of the variant, |B^a|, the base optimizer's
-settings, the schedule with its warm-up), so a later change of a default does not change what a
-stored run was or how it resumes.
+Checkpoints are :class:`~alignsam_diag.models.checkpoint.Checkpoint` records (written by
+:meth:`Run.save`, read back by :func:`resume`). They record the settings as resolved, defaults
+written out (:meth:`TrainConfig.resolved` and the ``optimizer`` entry: every hyper-parameter of
+the variant, |B^a|, the base optimizer's settings, the schedule with its warm-up), so a later
+change of a default does not change what a stored run was or how it resumes.
 
 Randomness is keyed by (seed, epoch): the epoch's sample order, the auxiliary-batch order and
 the augmentation draws come from generators seeded from those two numbers, so a run resumed
@@ -37,7 +38,8 @@ from .data.augment import pad_crop_flip
 from .errors import DivergedError, UserError
 from .files import DiskFullError, output_lock
 from .models import ModelSpec, build_model
-from .models.checkpoint import FORMAT, check_stored_arch, read_file, save_checkpoint
+from .models.checkpoint import Checkpoint, NewerFormatError, check_stored_arch
+from .models.probe import check_model_takes
 from .progress import ProgressFn, report
 from .store.history import COLUMNS, write_history
 
@@ -88,16 +90,17 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with what the optimizer variant leaves to defaults written out, as checkpoints
-        store it: ``hyper`` holds every hyper-parameter of the variant
-        (:func:`alignsam_diag.optim.hyperparameters`; the given ones win), ``aux_batch_size`` the
-        |B^a| used for variants with an auxiliary batch (|B^t|/4 when not given) and None for the
-        others. Resolving a resolved config changes nothing."""
+        store it: ``hyper`` holds every hyper-parameter of the variant, the given ones checked
+        against its description (:meth:`alignsam_diag.optim.Variant.resolve`), ``aux_batch_size``
+        the |B^a| used for variants with an auxiliary batch (|B^t|/4 when not given) and None for
+        the others. Resolving a resolved config changes nothing."""
         variant = optim.OPTIMIZERS.get(self.optimizer)
         if self.aux_batch_size is not None and not variant.needs_aux:
+            needing = ", ".join(name for name in optim.OPTIMIZERS if optim.OPTIMIZERS.get(name).needs_aux)
             raise UserError(f"--aux-batch-size is only used by variants with an auxiliary batch "
-                            f"(align-sam, align-asam), not {self.optimizer}.")
+                            f"({needing}), not {self.optimizer}.")
         aux = (self.aux_batch_size or default_aux_batch_size(self.batch_size)) if variant.needs_aux else None
-        return replace(self, hyper={**optim.hyperparameters(self.optimizer), **self.hyper}, aux_batch_size=aux)
+        return replace(self, hyper=variant.resolve(self.hyper), aux_batch_size=aux)
 
     def to_dict(self) -> dict[str, Any]:
         """The stored form (the data spec without its runtime-only ``download``)."""
@@ -230,6 +233,9 @@ class Run:
         self.spec = ModelSpec(config.arch, self.data.num_classes, self.data.in_channels,
                               self.data.image_size, dict(config.arch_kwargs))
         self.model = build_model(self.spec).to(device)
+        check_model_takes(self.model, self.data.train.x, self.data.train.y, f"--arch {config.arch}",
+                          "choose an --arch for such inputs (torchvision models: --arch-kwargs "
+                          "'{\"small_input\": true}')")
         self.optimizer = optim.create(config.optimizer, self.model.parameters(), base=config.base,
                                       lr=config.lr, momentum=config.momentum,
                                       weight_decay=config.weight_decay, model=self.model,
@@ -240,21 +246,16 @@ class Run:
         self.epoch, self.step = 0, 0
         self.history: dict[str, list[float]] = {k: [] for k in COLUMNS}
 
-    def checkpoint_payload(self) -> dict[str, Any]:
-        return {
-            "state_dict": self.model.state_dict(),
-            "model": self.spec.to_dict(),
-            "data": self.config.data.to_dict(),
-            "optimizer": self.settings(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "scheduler_state": self.scheduler.state_dict(),
-            "config": self.config.to_dict(),
-            "epoch": self.epoch, "step": self.step,
-            "metrics": {k: v[-1] for k, v in self.history.items() if v},
-            "history": self.history,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
-        }
+    def checkpoint(self) -> Checkpoint:
+        """The run as it stands, as its checkpoint files hold it."""
+        return Checkpoint(
+            state_dict=self.model.state_dict(), model=self.spec, data=self.config.data.to_dict(),
+            optimizer=self.settings(), optimizer_state=self.optimizer.state_dict(),
+            scheduler_state=self.scheduler.state_dict(), config=self.config.to_dict(),
+            epoch=self.epoch, step=self.step, metrics={k: v[-1] for k, v in self.history.items() if v},
+            history=self.history,
+            rng={"torch": torch.get_rng_state(),
+                 "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []})
 
     def settings(self) -> dict[str, Any]:
         """What the run's optimizer does, defaults written out (a checkpoint's ``optimizer``): the
@@ -266,16 +267,17 @@ class Run:
                 "aux_batch_size": self.config.aux_batch_size, "base": self.optimizer.base_settings(),
                 "schedule": dict(self.schedule)}
 
-    def restore(self, ckpt: Mapping[str, Any]) -> None:
-        """Continue from ``ckpt``, a checkpoint written by this loop."""
-        self.model.load_state_dict(ckpt["state_dict"])
-        self.optimizer.load_state_dict(ckpt["optimizer_state"])
-        self.scheduler.load_state_dict(ckpt["scheduler_state"])
-        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
-        self.history = {k: list(ckpt["history"][k]) for k in COLUMNS}
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if self.device.type == "cuda" and ckpt["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Continue from ``ckpt``, a checkpoint written by this loop (a field it lacks raises
+        TypeError)."""
+        self.model.load_state_dict(ckpt.state_dict)
+        self.optimizer.load_state_dict(ckpt.optimizer_state)
+        self.scheduler.load_state_dict(ckpt.scheduler_state)
+        self.epoch, self.step = int(ckpt.epoch), int(ckpt.step)
+        self.history = {k: list(ckpt.history[k]) for k in COLUMNS}
+        torch.set_rng_state(ckpt.rng["torch"])
+        if self.device.type == "cuda" and ckpt.rng["cuda"]:
+            torch.cuda.set_rng_state_all(ckpt.rng["cuda"])
 
     def train_epoch(self, progress: Optional[ProgressFn]) -> tuple[float, float]:
         """One epoch; returns the mean train loss and accuracy of the clean (unperturbed) passes."""
@@ -346,11 +348,11 @@ class Run:
 
     def save(self) -> None:
         """Write the epoch's checkpoints and history; a full disk says how to continue the run."""
-        payload = self.checkpoint_payload()
+        checkpoint = self.checkpoint()
         try:
             if self.config.save_every and self.epoch % self.config.save_every == 0:
-                save_checkpoint(self.run_dir / f"epoch_{self.epoch:03d}.pt", payload)
-            save_checkpoint(self.run_dir / "last.pt", payload)
+                checkpoint.save(self.run_dir / f"epoch_{self.epoch:03d}.pt")
+            checkpoint.save(self.run_dir / "last.pt")
             write_history(self.run_dir / "history.h5", self.history, self.config.to_dict())
         except DiskFullError as err:
             rerun = "rerun with --resume" if (self.run_dir / "last.pt").exists() else "rerun the same command"
@@ -385,18 +387,18 @@ def _damaged(last: Path) -> UserError:
                      "copy (an epoch_NNN.pt of the run will do) or start a new run with another --out.")
 
 
-def _read_run(last: Path) -> tuple[dict[str, Any], TrainConfig]:
+def _read_run(last: Path) -> tuple[Checkpoint, TrainConfig]:
     """The checkpoint ``last`` of a run and its configuration, resolved (a run stored before
-    checkpoints held resolved settings takes today's defaults); anything but a readable checkpoint
-    of this loop (a tampered file included) is one line saying so, never a hint to trust the file."""
+    checkpoints held resolved settings takes today's defaults). A file of a newer format says to
+    upgrade; anything else but a readable checkpoint of this loop (a tampered file included) is
+    one line saying so, never a hint to trust the file."""
     try:
-        ckpt = read_file(last)
-        config = TrainConfig.from_dict(ckpt["config"]).resolved() if ckpt.get("format") == FORMAT else None
+        ckpt = Checkpoint.read(last)
+        return ckpt, TrainConfig.from_dict(ckpt.config).resolved()
+    except NewerFormatError:
+        raise
     except (UserError, KeyError, TypeError, ValueError, AttributeError):
-        config = None
-    if config is None:
-        raise _damaged(last)
-    return ckpt, config
+        raise _damaged(last) from None
 
 
 def train(config: TrainConfig, run_dir: str | Path, device: str | torch.device = "cpu",

@@ -1,5 +1,9 @@
 """What every command module shares: option types, device choice, JSON output, the Rich
-progress bar that fills the library's progress callback, and analysis-input loading."""
+progress bar that fills the library's progress callback, and analysis-input loading.
+
+Command modules import only this, Typer and the standard library when they load; torch, the
+analyses and matplotlib are imported inside the commands that need them, so ``--help`` and
+``--version`` answer at once (tests/test_startup.py measures it)."""
 
 from __future__ import annotations
 
@@ -11,19 +15,20 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional, TextIO
 
-import torch
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from alignsam_diag.data import DataSpec
+from alignsam_diag.data.sources import usages as dataset_usages
 from alignsam_diag.errors import UserError
-from alignsam_diag.inputs import AnalysisInputs, load_inputs
+from alignsam_diag.models.registry import MODELS
 from alignsam_diag.progress import ProgressFn, ProgressUpdate
 
-console = Console(stderr=True)
+if TYPE_CHECKING:
+    import torch
+
+    from alignsam_diag.inputs import AnalysisInputs
+
 debug_mode = {"on": False}  # set by the root callback's --debug
 
 
@@ -71,12 +76,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 # Options shared by several commands (Annotated, so each command declares them in one line).
+# The data sets and architectures --help names: what the registries hold (read without torch).
+DATASET_NAMES = " | ".join(dataset_usages())
+ARCH_NAMES = " | ".join([*MODELS.names(), "timm:NAME", "package.module:factory"])
 Dataset = Annotated[Optional[str], typer.Option(
-    "--dataset", help="digits | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | npz:PATH "
-                      "(default for analyses: the data set stored in the checkpoint).")]
+    "--dataset", help=f"{DATASET_NAMES} (default for analyses: the data set stored in the checkpoint).")]
 DataRoot = Annotated[Optional[str], typer.Option("--data-root", help="Folder holding the data set's files.")]
-Arch = Annotated[Optional[str], typer.Option(
-    "--arch", "--model", help="Architecture name, timm:NAME, or package.module:factory.")]
+Arch = Annotated[Optional[str], typer.Option("--arch", "--model", help=ARCH_NAMES)]
 ArchKwargs = Annotated[Optional[str], typer.Option("--arch-kwargs", help="JSON object of extra model arguments.")]
 NumClasses = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of a third-party checkpoint's head.")]
 Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow full unpickling (can run code in the file!).")]
@@ -94,6 +100,8 @@ Checkpoints = Annotated[list[Path], typer.Argument(help="Checkpoint files (ours 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available; asking for CUDA without one is an error."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
@@ -124,6 +132,9 @@ def load_analysis_inputs(checkpoint: Path, *, dataset: Optional[str], data_root:
                          trust: bool, split: str, samples: int, full: bool, seed: int,
                          batch_size: int, device: torch.device) -> AnalysisInputs:
     """The model in ``checkpoint`` and the fixed samples an analysis runs on, from CLI options."""
+    from alignsam_diag.data import DataSpec
+    from alignsam_diag.inputs import load_inputs
+
     return load_inputs(checkpoint, data=DataSpec(dataset, data_root) if dataset else None,
                        data_root=data_root, split=split, samples=None if full else samples, seed=seed,
                        batch_size=batch_size, arch=arch, num_classes=num_classes,
@@ -140,9 +151,13 @@ def progress_bar() -> Iterator[ProgressFn]:
     """A Rich progress bar on stderr; yields the callback to hand to library functions.
     One bar per task name; the update's ``info`` is shown next to it. The bar disappears when
     the work ends, so an error message stays the only line."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         tasks: dict[str, Any] = {}
 
         def update(u: ProgressUpdate) -> None:

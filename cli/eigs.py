@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from alignsam_diag.analysis.spectrum import EigsOptions, analyse
 from alignsam_diag.errors import UserError
 from alignsam_diag.files import output_lock
-from alignsam_diag.store.spectrum import EigsRecord
 
 from .common import (Arch, ArchKwargs, BatchSize, Checkpoints, DataRoot, Dataset, Device, Full, Json, NumClasses,
-                     Quiet, Samples, Seed, Split, Trust, load_analysis_inputs, print_json, progress_display, resolve_device)
+                     Quiet, Samples, Seed, Split, Trust, load_analysis_inputs, print_json, progress_display,
+                     resolve_device)
+
+if TYPE_CHECKING:
+    from alignsam_diag.analysis.curvature import GraphPlan
+    from alignsam_diag.store.spectrum import EigsRecord
 
 Opt = typer.Option
 
@@ -37,12 +40,17 @@ def table10(records: list[EigsRecord], k: int) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows)
 
 
+def say_plan(plan: GraphPlan) -> None:
+    """One line on stderr: how the products are made and why (the kept graphs' estimate)."""
+    typer.echo(f"eigs: {plan.describe()}", err=True)
+
+
 def as_json(r: EigsRecord) -> dict[str, Any]:
     s = r.spectrum
     out: dict[str, Any] = {
         "checkpoint": r.checkpoint, "eigenvalues": s.eigenvalues.tolist(), "residuals": s.residuals.tolist(),
         "hvps": s.num_products, "seconds": s.seconds, "converged": s.converged, "which": s.which, "tol": s.tol,
-        "num_parameters": r.num_parameters, "samples": r.options["samples"],
+        "num_parameters": r.num_parameters, "samples": r.options["samples"], "graphs": r.graphs,
     }
     if r.trace is not None:
         out["trace"] = {"value": r.trace.value, "stderr": r.trace.stderr, "hvps": r.trace.num_products,
@@ -70,8 +78,13 @@ def eigs(
                                                "pattern (fnmatch, e.g. 'layer3.*'); repeatable.")] = None,
     keep_graph: Annotated[Optional[bool], Opt(
         "--keep-graph/--no-keep-graph", show_default=False,
-        help="Keep every batch's first-order graph: about 2× faster products, memory for all samples' graphs "
-             "(default: on, off with --full).")] = None,
+        help="Keep every batch's first-order graph (about 2× faster products, memory for all samples' graphs) "
+             "or rebuild them for every product (default: keep them when their measured size fits in "
+             "--memory-budget, with --full too).")] = None,
+    memory_budget: Annotated[Optional[str], Opt(
+        "--memory-budget", show_default=False,
+        help="Memory the kept graphs may take: a size (8GiB, 512MB) or a share of the free memory (50%); "
+             "default: half the free memory of the device.")] = None,
     check_determinism: Annotated[bool, Opt("--check-determinism", help="Stop if two passes over the samples "
                                                                         "differ (dropout, noise...).")] = False,
     trace: Annotated[bool, Opt("--trace", help="Also estimate tr(H) with a standard error.")] = False,
@@ -102,10 +115,12 @@ def eigs(
 ) -> None:
     """Top-k Hessian eigenvalues of the mean loss on fixed samples (default: 4096 seeded training
     samples), printed as the paper's Table 10 (λ1, λ1/λ2 … λ1/λk), one row per checkpoint."""
+    from alignsam_diag.analysis.spectrum import EigsOptions, analyse
+
     options = EigsOptions(k, which, tol, max_iter, seed, params, backend, save_vectors,
                           trace_method if trace else None, trace_probes, density, density_steps, density_runs,
-                          str(start_vectors) if start_vectors else None,
-                          keep_graph=not full if keep_graph is None else keep_graph)
+                          str(start_vectors) if start_vectors else None, keep_graph=keep_graph,
+                          memory_budget=memory_budget)
     options.validate()
     if (save_vectors or density) and out is None:
         raise UserError("--save-vectors and --density store their results: give --out FILE.h5.")
@@ -119,7 +134,8 @@ def eigs(
                                           batch_size=batch_size, device=target)
             data = {"split": split, "samples": len(inputs.data), "dataset": dataset or "from checkpoint"}
             records.append(analyse(checkpoint, inputs.checkpoint.model, inputs.batches, options, data, out,
-                                   check_determinism, progress, inputs.checkpoint.optimizer))
+                                   check_determinism, progress, inputs.checkpoint.optimizer,
+                                   on_plan=None if quiet else say_plan))
     if json_out:
         print_json([as_json(r) for r in records])
     else:

@@ -8,10 +8,8 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from alignsam_diag.plots.history import plot_histories
 from alignsam_diag.plots.save import figure_path, save_figure
 from alignsam_diag.plots.style import default_labels, parse_labels
-from alignsam_diag.store.history import history_optimizer, read_history
 
 from .common import handle_errors
 from .figures_common import FigureFormat, FigureOut, Labels
@@ -36,6 +34,9 @@ def history(
 ) -> None:
     """Training curves (loss, accuracy per epoch) of one or more runs, overlaid, in the order
     given. Into a folder OUT it writes OUT/history-<run>-<run>....png."""
+    from alignsam_diag.plots.history import plot_histories
+    from alignsam_diag.store.history import history_optimizer, read_history
+
     names = [_run_name(run) for run in runs]
     path = figure_path(out, "-".join(["history", *names]), fmt)
     given = parse_labels(labels, names)

@@ -8,10 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from alignsam_diag.errors import UserError
-from alignsam_diag.plots.landscape import default_log, plot_landscapes
 from alignsam_diag.plots.save import check_figure_out, figure_path, save_figure
 from alignsam_diag.plots.style import default_labels, parse_labels
-from alignsam_diag.store.landscape import read_landscape
 
 from .figures_common import FigureFormat, FigureOut, Labels
 
@@ -38,6 +36,9 @@ def landscape_figure(
 ) -> None:
     """All checkpoints of FILE side by side, with one shared colour scale and z-range (as the
     paper's Figures 3–4). Into a folder OUT it writes OUT/<file>-<kind>[-acc][-log].png."""
+    from alignsam_diag.plots.landscape import default_log, plot_landscapes
+    from alignsam_diag.store.landscape import read_landscape
+
     check_figure_out(out)
     if levels < 2:
         raise UserError(f"--levels {levels}: needs at least 2.")

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from alignsam_diag.errors import UserError
 from alignsam_diag.plots.save import figure_path, save_figure
-from alignsam_diag.plots.spectrum import plot_densities
 from alignsam_diag.plots.style import default_labels, parse_labels
-from alignsam_diag.store.landscape import group_names
-from alignsam_diag.store.spectrum import EigsRecord, read_records
+
+if TYPE_CHECKING:
+    from alignsam_diag.store.spectrum import EigsRecord
 
 from .figures_common import FigureFormat, FigureOut, Labels
 
@@ -20,6 +20,8 @@ from .figures_common import FigureFormat, FigureOut, Labels
 def _chosen(files: list[Path], checkpoints: Optional[list[str]]) -> list[EigsRecord]:
     """The records to plot, in the files' order and each file's (the order given to eigs), or
     in the order of ``checkpoints`` when given; one without a density is a :class:`UserError`."""
+    from alignsam_diag.store.spectrum import read_records
+
     records = [r for file in files for r in read_records(file).values()]
     chosen = ([r for c in checkpoints for r in records if r.checkpoint == c] if checkpoints
               else [r for r in records if r.density is not None])
@@ -42,6 +44,9 @@ def density(
 ) -> None:
     """Spectral density (log scale) of each checkpoint, with its top-k eigenvalues as dotted
     lines. Into a folder OUT it writes OUT/<file>[-<file>...]-density.png."""
+    from alignsam_diag.plots.spectrum import plot_densities
+    from alignsam_diag.store.landscape import group_names
+
     path = figure_path(out, "-".join([*(f.stem for f in files), "density"]), fmt)
     records = _chosen(files, checkpoint)
     names = group_names([r.checkpoint for r in records])

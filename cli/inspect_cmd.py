@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from alignsam_diag.data import DataSpec, load_data
 from alignsam_diag.errors import UserError
-from alignsam_diag.models.checkpoint import load_checkpoint
-from alignsam_diag.models.summary import CheckpointSummary, summarise
 
-from .common import (Arch, ArchKwargs, DataRoot, Dataset, InputShape, Json, NumClasses, Trust, parse_input_shape,
+from .common import (DATASET_NAMES, Arch, ArchKwargs, DataRoot, InputShape, Json, NumClasses, Trust, parse_input_shape,
                      parse_json_object, print_json)
+
+if TYPE_CHECKING:
+    from alignsam_diag.models.summary import CheckpointSummary
 
 
 def _leaves(value: Any, key: str) -> Iterator[tuple[str, str]]:
@@ -29,6 +27,9 @@ def _leaves(value: Any, key: str) -> Iterator[tuple[str, str]]:
 
 
 def _render(path: Path, s: CheckpointSummary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     out = Console()
     out.print(f"[bold]{path}[/bold]  ({s.source})")
     out.print(f"architecture {s.arch}: {s.num_classes} classes, {s.in_channels} input channels, "
@@ -57,6 +58,8 @@ def _input_shape(dataset: Optional[str], data_root: Optional[str],
     if dataset and input_shape:
         raise UserError("give --dataset or --input-shape, not both (the data set fixes the input shape).")
     if dataset:
+        from alignsam_diag.data import DataSpec, load_data
+
         splits = load_data(DataSpec(dataset, data_root))
         return splits.in_channels, splits.image_size
     return parse_input_shape(input_shape) or (None, None)
@@ -69,8 +72,8 @@ def inspect(
     arch_kwargs: ArchKwargs = None,
     input_shape: InputShape = None,
     dataset: Annotated[Optional[str], typer.Option(
-        "--dataset", help="Data set whose input shape the model takes (a file without a model spec); "
-                          "digits | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | npz:PATH.")] = None,
+        "--dataset", help=f"Data set whose input shape the model takes (a file without a model spec): "
+                          f"{DATASET_NAMES}.")] = None,
     data_root: DataRoot = None,
     trust_checkpoint: Trust = False,
     json_out: Json = False,
@@ -78,6 +81,9 @@ def inspect(
     """Show a checkpoint's architecture, parameter counts by layer type, metadata and history
     (a file without a model spec needs --arch; what the weights cannot tell of the input shape,
     give with --input-shape C,H,W or --dataset)."""
+    from alignsam_diag.models.checkpoint import load_checkpoint
+    from alignsam_diag.models.summary import summarise
+
     in_channels, image_size = _input_shape(dataset, data_root, input_shape)
     ckpt = load_checkpoint(checkpoint, arch=arch, num_classes=num_classes,
                            arch_kwargs=parse_json_object(arch_kwargs, "--arch-kwargs"), trust=trust_checkpoint,

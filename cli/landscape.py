@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from alignsam_diag.analysis.directions import checkpoint_loader
-from alignsam_diag.analysis.landscape import LandscapeInputs, LandscapeResult, LandscapeSpec, compute_landscapes
-from alignsam_diag.data import fixed_batches, sample_subset
 from alignsam_diag.errors import UserError
 
 from .common import (Arch, ArchKwargs, BatchSize, Checkpoints, DataRoot, Dataset, Device, Full, Json, NumClasses,
-                     Quiet, Samples, Seed, Split, Trust, load_analysis_inputs, print_json, progress_display, resolve_device)
+                     Quiet, Samples, Seed, Split, Trust, load_analysis_inputs, print_json, progress_display,
+                     resolve_device)
+
+if TYPE_CHECKING:
+    from alignsam_diag.analysis.landscape import LandscapeInputs, LandscapeResult
 
 Opt = typer.Option
 
@@ -98,6 +99,11 @@ def landscape(
 ) -> None:
     """Loss and accuracy on a grid around each checkpoint, along seeded filter-normalised random
     directions shared by all checkpoints (Li et al. 2018); written to --out, resumable."""
+    from alignsam_diag.analysis.directions import checkpoint_loader
+    from alignsam_diag.analysis.landscape import LandscapeInputs, compute_landscapes
+    from alignsam_diag.data import fixed_batches, sample_subset
+    from alignsam_diag.landscape_types import LandscapeSpec
+
     spec = LandscapeSpec(dim=dim, grid=grid, xrange=parse_range(xrange, "--xrange"),
                          yrange=parse_range(yrange, "--yrange"), directions=directions, seed=seed, norm=norm,
                          ignore_biasbn=ignore_biasbn, data=dataset, split=split, samples=None if full else samples,

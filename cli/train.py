@@ -1,26 +1,34 @@
 """``alignsam-diag train``: train a model with SGD or any SAM-family optimizer; ``--resume``
-continues a run with the options stored in it."""
+continues a run with the options stored in it.
+
+The hyper-parameter flags (``--rho``, ``--lam``, ...) are made from the optimizer registry's
+descriptions (:mod:`alignsam_diag.optim.variants`, read without torch): one flag per name, its
+type, and a help text that lists each variant taking it with its own meaning and default. A new
+variant's flags appear here without an edit."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
-import torch
 import typer
 
-from alignsam_diag.data import DataSpec
+from alignsam_diag.optim.variants import OPTIMIZERS, Hyper, Variant, takers
 from alignsam_diag.progress import ProgressFn
-from alignsam_diag.train import ResumeConflict, TrainConfig, TrainResult
-from alignsam_diag.train import resume as resume_run
-from alignsam_diag.train import train as run_training
 
-from .common import (ArchKwargs, DataRoot, Device, Json, Quiet, parse_json_object, print_json, progress_display,
-                     resolve_device)
+if TYPE_CHECKING:
+    import torch
+
+    from alignsam_diag.train import TrainConfig, TrainResult
+
+from .common import (ARCH_NAMES, DATASET_NAMES, ArchKwargs, DataRoot, Device, Json, Quiet, parse_json_object,
+                     print_json, progress_display, resolve_device)
 
 Opt = typer.Option
 
-HYPER = ("rho", "lam", "alpha", "k", "theta", "sigma", "eta", "rho_min", "adaptive_alpha")
+#: Every hyper-parameter name of the registry, with the variants that take it.
+HYPER = takers()
 # Where each option is stored in a run (a TrainConfig field); with --resume a given one must match.
 STORED_AS = {
     "dataset": "data.name", "data_root": "data.root", "subset": "data.subset", "label_noise": "data.label_noise",
@@ -33,14 +41,42 @@ STORED_AS = {
 NOT_STORED = ("download", "device", "out", "resume", "json_out", "quiet", "epochs")
 
 
+def hyper_option(name: str, described: list[tuple[Variant, Hyper]]) -> inspect.Parameter:
+    """The option of hyper-parameter ``name`` (of one type in every variant that takes it): its
+    flag and type, and a help text that gives each description of it with the variants that share
+    it and their default."""
+    first = described[0][1]
+    uses: dict[tuple[str, str], list[str]] = {}
+    for variant, h in described:
+        uses.setdefault((h.help, h.shown_default), []).append(variant.name)
+    text = "; ".join(f"{about} — {', '.join(names)}: {default}" for (about, default), names in uses.items())
+    flag = f"{first.flag}/{first.off_flag}" if first.kind is bool else first.flag
+    option = Opt(flag, help=text[0].upper() + text[1:] + ".", show_default=False)
+    return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                             annotation=Annotated[Optional[first.kind], option])
+
+
+def with_hyper_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` (which takes the hyper-parameters as ``**hyper``) with one option per name of
+    :data:`HYPER` after ``--aux-batch-size`` in the signature Typer reads."""
+    signature = inspect.signature(command, eval_str=True)
+    params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    at = [p.name for p in params].index("aux_batch_size") + 1
+    generated = [hyper_option(name, described) for name, described in HYPER.items()]
+    command.__signature__ = signature.replace(parameters=params[:at] + generated + params[at:])
+    return command
+
+
+@with_hyper_options
 def train(
     ctx: typer.Context,
-    dataset: Annotated[str, Opt("--dataset", help="digits | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | npz:PATH")] = "digits",
+    dataset: Annotated[str, Opt("--dataset", help=DATASET_NAMES)] = "digits",
     data_root: DataRoot = None,
     download: Annotated[bool, Opt("--download", help="Download CIFAR if it is not under --data-root.")] = False,
-    arch: Annotated[str, Opt("--arch", "--model", help="Architecture name, timm:NAME, or package.module:factory.")] = "cnn-small",
+    arch: Annotated[str, Opt("--arch", "--model", help=ARCH_NAMES)] = "cnn-small",
     arch_kwargs: ArchKwargs = None,
-    optimizer: Annotated[str, Opt("--optimizer", help="sgd | sam | asam | align-sam | align-asam | gsam | fsam | vasso | looksam | lookbehind-sam")] = "sgd",
+    optimizer: Annotated[str, Opt("--optimizer", help=" | ".join(OPTIMIZERS.names()) + " (the README says what each "
+                                                     "is).")] = "sgd",
     base: Annotated[str, Opt("--base", help="Base optimizer of the SAM family: sgd | adamw.")] = "sgd",
     epochs: Annotated[int, Opt("--epochs", help="Epochs of the run; with --resume, a larger number extends it "
                                                 "(left out: the stored count).")] = 10,
@@ -51,16 +87,8 @@ def train(
     warmup_epochs: Annotated[float, Opt("--warmup-epochs", help="Epochs of linear warm-up from 0 to --lr before the "
                                          "cosine decay (at most half the run); without it runs at lr 0.1 (SAM's "
                                          "above all) start far above chance.")] = 1.0,
-    rho: Annotated[Optional[float], Opt("--rho", help="Perturbation radius ρ (variant defaults: see README).", show_default=False)] = None,
-    lam: Annotated[Optional[float], Opt("--lam", help="Align-SAM's trade-off λ; Friendly-SAM's averaging λ.", show_default=False)] = None,
-    aux_batch_size: Annotated[Optional[int], Opt("--aux-batch-size", help="Align-SAM |B^a| (default |B^t|/4).", show_default=False)] = None,
-    alpha: Annotated[Optional[float], Opt("--alpha", help="GSAM's, LookSAM's or Lookbehind-SAM's α.", show_default=False)] = None,
-    k: Annotated[Optional[int], Opt("--k", help="LookSAM's or Lookbehind-SAM's k.", show_default=False)] = None,
-    theta: Annotated[Optional[float], Opt("--theta", help="VaSSO's θ.", show_default=False)] = None,
-    sigma: Annotated[Optional[float], Opt("--sigma", help="Friendly-SAM's σ.", show_default=False)] = None,
-    eta: Annotated[Optional[float], Opt("--eta", help="ASAM's η.", show_default=False)] = None,
-    rho_min: Annotated[Optional[float], Opt("--rho-min", help="GSAM's smallest radius.", show_default=False)] = None,
-    adaptive_alpha: Annotated[Optional[bool], Opt("--adaptive-alpha/--fixed-alpha", help="Lookbehind-SAM's adaptive α.", show_default=False)] = None,
+    aux_batch_size: Annotated[Optional[int], Opt("--aux-batch-size", help="|B^a| of the variants with an auxiliary "
+                                                 "batch (default |B^t|/4).", show_default=False)] = None,
     augment: Annotated[Optional[bool], Opt("--augment/--no-augment", help="The paper's CIFAR augmentation (default: on for CIFAR).", show_default=False)] = None,
     label_noise: Annotated[float, Opt("--label-noise", help="Fraction of training labels flipped (symmetric).")] = 0.0,
     subset: Annotated[Optional[int], Opt("--subset", help="Train on a seeded subset of N samples.", show_default=False)] = None,
@@ -73,14 +101,19 @@ def train(
     save_every: Annotated[int, Opt("--save-every", help="Also keep epoch_NNN.pt every N epochs (0: only last.pt).")] = 0,
     json_out: Json = False,
     quiet: Quiet = False,
+    **hyper: Any,
 ) -> None:
     """Train a model; write <out>/last.pt, epoch_NNN.pt and history.h5. One run at a time may write
-    a run folder."""
-    hyper = {name: ctx.params[name] for name in HYPER if ctx.params[name] is not None}
+    a run folder. The hyper-parameter flags a variant does not take are refused; its defaults are
+    in the README's optimizer table."""
+    from alignsam_diag.data import DataSpec
+    from alignsam_diag.train import TrainConfig
+    from alignsam_diag.train import train as run_training
+
     config = TrainConfig(
         data=DataSpec(dataset, data_root, subset, label_noise, seed, augment, download=download),
         arch=arch, arch_kwargs=parse_json_object(arch_kwargs, "--arch-kwargs"), optimizer=optimizer,
-        base=base, hyper=hyper, epochs=epochs, batch_size=batch_size, aux_batch_size=aux_batch_size,
+        base=base, hyper={name: value for name, value in hyper.items() if value is not None}, epochs=epochs, batch_size=batch_size, aux_batch_size=aux_batch_size,
         lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs, seed=seed,
         amp=amp, save_every=save_every)
     target = resolve_device(device)
@@ -101,6 +134,9 @@ def _resume(ctx: typer.Context, config: TrainConfig, out: Path, device: torch.de
             progress: ProgressFn) -> TrainResult:
     """Continue the run in ``out``; the options given on the command line (``config`` holds them)
     must match the stored ones, and --epochs counts only when given."""
+    from alignsam_diag.train import ResumeConflict
+    from alignsam_diag.train import resume as resume_run
+
     given = [name for name in ctx.params if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")]
     expect = {STORED_AS[name]: config.option(STORED_AS[name]) for name in given if name in STORED_AS}
     epochs = config.epochs if "epochs" in given else None

@@ -8,7 +8,6 @@ in-process through the CLI runner; the work folder is listed before and after ea
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py

@@ -1,6 +1,6 @@
 """Resumable Lanczos through the HDF5 store: a run interrupted after m products and restarted
-from the saved state ends exactly like an uninterrupted run; the store's round trip and
-``read_eigenvectors``."""
+from the saved state (saved whole, or appended product by product) ends exactly like an
+uninterrupted run; the store's round trip and ``read_eigenvectors``."""
 
 import h5py
 import numpy as np
@@ -12,7 +12,7 @@ from alignsam_diag.analysis.density import spectral_density
 from alignsam_diag.analysis.lanczos import lanczos
 from alignsam_diag.analysis.trace import hutchinson
 from alignsam_diag.errors import UserError
-from alignsam_diag.store.spectrum import EigsRecord, read_eigenvectors, read_records, write_record
+from alignsam_diag.store.spectrum import EigsRecord, read_eigenvectors, read_records, save_state, write_record
 from test_hessian_operator import batches_of, tiny_case
 
 
@@ -31,13 +31,14 @@ def record_for(op, **parts) -> EigsRecord:
     return EigsRecord("runs/a/last.pt", {"k": 4, "which": "LM"}, op.param_names, op.shape[0], **parts)
 
 
+@pytest.mark.parametrize("writer", [write_record, save_state], ids=["whole", "appended"])
 @pytest.mark.parametrize("stop_after", [1, 6, 11])
-def test_interrupted_run_resumes_to_the_uninterrupted_result(operator, tmp_path, stop_after):
+def test_interrupted_run_resumes_to_the_uninterrupted_result(operator, tmp_path, stop_after, writer):
     reference = lanczos(operator, k=4, which="LM", tol=1e-9, max_iter=60, seed=3, eigenvectors=True)
     path = tmp_path / "eigs.h5"
 
     def save_then_stop(state):
-        write_record(path, record_for(operator, state=state))
+        writer(path, record_for(operator, state=state))
         if state.steps == stop_after:
             raise Interrupted
 

@@ -14,10 +14,11 @@ import typer
 
 from alignsam_diag.analysis.directions import (Direction, checkpoint_loader, directions_from_source,
                                                interpolation_direction)
-from alignsam_diag.analysis.landscape import LandscapeSpec, evaluate_surface
+from alignsam_diag.analysis.landscape import evaluate_surface
 from alignsam_diag.data import DataSpec, load_data
+from alignsam_diag.landscape_types import LandscapeSpec, Surface
 from alignsam_diag.models import ModelSpec, build_model
-from alignsam_diag.store.landscape import Surface, read_landscape, write_landscape
+from alignsam_diag.store.landscape import read_landscape, write_landscape
 from cli.app import app
 from conftest import error_line, invoke
 

@@ -12,7 +12,10 @@ import time
 import h5py
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
+from alignsam_diag.inputs import load_inputs
 from alignsam_diag.store.landscape import read_landscape
 from conftest import invoke
 
@@ -37,6 +40,12 @@ def test_json_two_checkpoints_and_figures(tmp_path, checkpoints):
         loss, acc = np.array(r["loss"]), np.array(r["accuracy"])
         assert loss.shape == acc.shape == (5, 5) and r["cells_computed"] == 25
         assert loss[2, 2] == r["centre_loss"] and ((acc >= 0) & (acc <= 1)).all()
+        # the centre is the model itself: its own loss and accuracy on the same 300 samples
+        own = load_inputs(path, samples=300, seed=0, batch_size=150)
+        with torch.no_grad():
+            logits = own.checkpoint.model(own.data.x)
+        assert r["centre_loss"] == pytest.approx(float(F.cross_entropy(logits, own.data.y)), rel=1e-5)
+        assert r["centre_accuracy"] == pytest.approx(float((logits.argmax(1) == own.data.y).float().mean()))
     stored = read_landscape(out)
     np.testing.assert_array_equal(stored.groups[1].surface.loss, np.array(report["results"][1]["loss"]))
     with h5py.File(out) as f:
@@ -55,7 +64,7 @@ def test_resume_after_killing_the_cli(tmp_path, cli, env, checkpoints):
     out = tmp_path / "killed.h5"
     job = subprocess.Popen(cli + [str(a) for a in args] + ["--out", str(out)], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, done_before = time.monotonic() + 120, 0
+    deadline, done_before = time.monotonic() + 600, 0  # the deadline only guards a hang: the wait is for a state
     while time.monotonic() < deadline and job.poll() is None and done_before < 12:
         if out.exists():
             done_before = int(read_landscape(out).groups[0].surface.done.sum())

@@ -8,6 +8,7 @@ import torch
 from alignsam_diag.analysis.directions import (directions_from_source, interpolation_direction,
                                                random_directions, split_flat)
 from alignsam_diag.errors import UserError
+from alignsam_diag.landscape_types import LandscapeSpec
 from alignsam_diag.models import ModelSpec, build_model
 
 
@@ -105,3 +106,14 @@ def test_unknown_source_and_bad_norm_are_user_errors():
         random_directions(model, 0, norm="weight")
     with pytest.raises(UserError, match="another model"):
         split_flat(model, ["0.weight"], np.zeros(5))
+
+
+@pytest.mark.parametrize("source", ["sideways", "random:3", "eigs:", "surface", "interpolate:"])
+def test_the_options_and_the_resolver_refuse_a_source_alike(source):
+    """One parser: what ``LandscapeSpec.validate`` refuses up front, the resolver refuses with the
+    same message."""
+    with pytest.raises(UserError, match="--directions") as by_options:
+        LandscapeSpec(directions=source).validate()
+    with pytest.raises(UserError) as by_resolver:
+        directions_from_source(cnn(0), source, 2, 0)
+    assert str(by_options.value) == str(by_resolver.value)

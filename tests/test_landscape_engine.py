@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from alignsam_diag.analysis.directions import random_directions
-from alignsam_diag.analysis.landscape import LandscapeSpec, choose_points_per_pass, evaluate_surface
+from alignsam_diag.analysis.landscape import choose_points_per_pass, evaluate_surface
+from alignsam_diag.landscape_types import LandscapeSpec, Surface
 from alignsam_diag.models import ModelSpec, build_model
-from alignsam_diag.store.landscape import Surface
 
 
 def setup(arch="cnn-small", n=300, batch=128):
@@ -152,3 +152,22 @@ def test_choice_of_points_per_pass_leaves_the_model_alone():
     chosen = choose_points_per_pass(model, random_directions(model, 0), batches[0][0], candidates=(1, 4))
     assert chosen in (1, 4)
     assert_identical(model, before)
+
+
+class Unbatchable(torch.nn.Module):
+    """A model whose forward cannot run under vmap (a Python number from a tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x) * float(self.linear.weight.abs().sum() > -1)
+
+
+def test_a_model_that_cannot_be_batched_over_points_gets_one_point_per_pass():
+    model = Unbatchable()
+    x = torch.randn(8, 4)
+    directions = random_directions(model, 0)
+    assert choose_points_per_pass(model, directions, x, candidates=(1, 4, 16)) == 1
+    assert choose_points_per_pass(model, directions, x, candidates=(1,)) == 1

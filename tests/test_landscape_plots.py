@@ -7,9 +7,9 @@ import pytest
 from matplotlib.colors import LogNorm
 
 from alignsam_diag.errors import UserError
+from alignsam_diag.landscape_types import Grid, Surface
 from alignsam_diag.plots.landscape import plot_landscapes, shared_range
 from alignsam_diag.plots.save import save_figure
-from alignsam_diag.store.landscape import Grid, Surface
 
 
 def bowl(scale: float, dim: int = 2) -> Surface:

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from alignsam_diag.analysis.directions import random_directions
-from alignsam_diag.analysis.landscape import LandscapeInputs, LandscapeSpec, compute_landscapes
+from alignsam_diag.analysis.landscape import LandscapeInputs, compute_landscapes
 from alignsam_diag.errors import UserError
+from alignsam_diag.landscape_types import LandscapeSpec
 from alignsam_diag.models import ModelSpec, build_model
 from alignsam_diag.store.landscape import read_landscape
 
@@ -30,14 +31,24 @@ def load(checkpoint: str) -> LandscapeInputs:
     return LandscapeInputs(model, [(x[i:i + 100], y[i:i + 100]) for i in range(0, 300, 100)])
 
 
-def run_job(path: str, checkpoints=("m0",), pause_s: float = 0.0):
-    """The job both the killed subprocess and the test run: every block saved at once."""
+def _saved_cells(path: str) -> int:
+    return int(read_landscape(path).groups[0].surface.done.sum()) if Path(path).exists() else 0
+
+
+def run_job(path: str, checkpoints=("m0",), hold_at: int = 0):
+    """The job both the killed subprocess and the test run. With ``hold_at`` it goes slowly (so
+    that the saver, which writes at most every few write-durations, saves between blocks) and
+    stops for good once the file holds ``hold_at`` cells: it waits to be killed, so the test
+    waits for a state, never races the end of the job."""
     torch.set_num_threads(1)
     counter = []
 
     def progress(update):
         counter.append(update.completed)
-        time.sleep(pause_s)
+        while hold_at and _saved_cells(path) >= hold_at:
+            time.sleep(0.05)
+        if hold_at:
+            time.sleep(0.25)
 
     results = compute_landscapes(path, SPEC, list(checkpoints), load, points_per_pass=3,
                                  progress=progress, save_every_s=0.0)
@@ -47,16 +58,14 @@ def run_job(path: str, checkpoints=("m0",), pause_s: float = 0.0):
 def test_resume_after_sigkill_computes_only_missing_cells(tmp_path):
     path = tmp_path / "killed.h5"
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            f"import test_landscape_resume as t; t.run_job({str(path)!r}, pause_s=0.2)")
+            f"import test_landscape_resume as t; t.run_job({str(path)!r}, hold_at=6)")
     job = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600  # only against a hang: the wait is for a state
     done_before = 0
-    while time.monotonic() < deadline and job.poll() is None:
-        if path.exists():
-            done_before = int(read_landscape(path).groups[0].surface.done.sum())
-            if done_before >= 6:
-                break
+    while time.monotonic() < deadline and job.poll() is None and done_before < 6:
+        done_before = _saved_cells(str(path))
         time.sleep(0.05)
+    assert job.poll() is None, "the job ended before it could be killed"
     job.send_signal(signal.SIGKILL)
     job.wait()
     assert job.returncode == -signal.SIGKILL
@@ -131,3 +140,9 @@ def test_incompatible_resume_is_refused(tmp_path):
     with pytest.raises(UserError, match="not a landscape result file"):
         h5py.File(tmp_path / "x.h5", "w").close()
         read_landscape(tmp_path / "x.h5")
+
+
+def test_the_options_that_key_a_resume_are_passed_by_name():
+    with pytest.raises(TypeError):
+        LandscapeSpec(2, 9)  # positional: a reordered field would silently key another resume
+    assert LandscapeSpec(dim=2, grid=9).to_dict()["grid"] == 9

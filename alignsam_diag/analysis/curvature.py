@@ -12,8 +12,11 @@ graph (loss → gradient, ``create_graph=True``) is built once per data pass and
 vector of a block, so :meth:`matmat` applies K vectors with one forward and one first backward
 per batch plus K second backwards. With ``keep_graph=True`` those graphs are built once for the
 operator's lifetime, and a product costs one backward per batch (memory: the graphs of all
-samples). On a CPU, looping the second backward over the K vectors was faster than both
-``is_grads_batched`` and ``vmap(jvp(grad))`` (forward-over-reverse), so that is what is used.
+samples). :meth:`HessianOperator.plan_graphs` chooses between the two from a measurement: the
+bytes of the tensors batch 0's graph saves (``torch.autograd.graph.saved_tensors_hooks``),
+scaled to all samples, against a memory budget. On a CPU, looping the second backward over the
+K vectors was faster than both ``is_grads_batched`` and ``vmap(jvp(grad))`` (forward-over-reverse),
+so that is what is used.
 
 The model runs in eval mode (BatchNorm uses its running statistics, dropout is off) for the
 operator's lifetime; :meth:`close` (or leaving the ``with`` block) restores each module's
@@ -27,13 +30,16 @@ Batches are used in the given order, with no augmentation.
 from __future__ import annotations
 
 import fnmatch
+import math
 import types
-from typing import Callable, Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import UserError
+from ..memory import Budget, budget_bytes, gib
 from ..progress import ProgressFn, report
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,6 +85,41 @@ def select_parameters(model: nn.Module, patterns: str | Sequence[str] | None) ->
     return chosen
 
 
+@dataclass(frozen=True)
+class GraphPlan:
+    """How a :class:`HessianOperator` makes its products, and why.
+
+    keep_graph: every batch's first-order graph is built once and kept ("kept-graph" mode: one
+        backward per batch and product) rather than rebuilt for every product ("data-set" mode:
+        a forward and two backwards per batch and product).
+    estimate_bytes: what the kept graphs of all samples hold (measured on batch 0, scaled).
+    budget_bytes: the memory allowed for them. forced: the mode was asked for, not chosen.
+    """
+
+    keep_graph: bool
+    estimate_bytes: int
+    budget_bytes: int
+    forced: bool = False
+
+    @property
+    def mode(self) -> str:
+        return "kept-graph" if self.keep_graph else "data-set"
+
+    def describe(self) -> str:
+        """One line, e.g. "kept-graph mode (graphs estimated at 3.2 MiB of the 8.0 GiB budget)"."""
+        size, budget = gib(self.estimate_bytes), gib(self.budget_bytes)
+        if self.forced:
+            return f"{self.mode} mode, as asked (kept graphs estimated at {size}; budget {budget})"
+        if self.keep_graph:
+            return f"{self.mode} mode (graphs estimated at {size} of the {budget} budget)"
+        return (f"{self.mode} mode, graphs rebuilt for every product (kept graphs estimated at {size}, over the "
+                f"{budget} budget)")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON and HDF5: mode, estimate_bytes, budget_bytes, forced."""
+        return {"mode": self.mode, **{k: v for k, v in asdict(self).items() if k != "keep_graph"}}
+
+
 class HessianOperator:
     """Hessian of the mean of ``loss_fn(model(x), y)`` over ``batches`` w.r.t. the parameters
     selected by ``params`` (name patterns, see :func:`select_parameters`).
@@ -86,7 +127,8 @@ class HessianOperator:
     loss_fn: a mean-reduced criterion, e.g. ``nn.CrossEntropyLoss()``.
     batches: fixed (x, y) pairs on the model's device; their order never changes.
     keep_graph: build each batch's first-order graph once and keep it (fast, memory-hungry);
-        with one batch this is the classic "single-batch mode".
+        with one batch this is the classic "single-batch mode". :meth:`plan_graphs` sets it
+        from a memory measurement instead.
     progress: optional callback, told after every batch of a data pass (task ``"hvp"``).
 
     Vectors are flat tensors of length P = ``shape[0]`` in the model's dtype and device;
@@ -144,6 +186,42 @@ class HessianOperator:
             report(self.progress, "hvp", i + 1, len(self.batches), log=False)
         self.num_products += vectors.shape[0]
         return out
+
+    # -- choosing the mode --------------------------------------------------------------------
+    def plan_graphs(self, budget: Budget = None, keep_graph: Optional[bool] = None) -> GraphPlan:
+        """Measure what keeping every batch's first-order graph would hold and set
+        :attr:`keep_graph`: as ``keep_graph`` forces, else whether the estimate fits in ``budget``
+        (bytes, "8GiB", "50%" or None: see :func:`alignsam_diag.memory.budget_bytes`). Call it
+        before the first product; batch 0's graph, built for the measurement, is kept if the
+        mode keeps graphs.
+
+        The estimate is the bytes of the tensors that batch 0's forward and first backward save
+        for later backwards, each storage once, plus its gradient — the parameters, buffers and
+        the batch itself exist anyway and are not counted — times N / n_0 (samples over batch
+        0's samples)."""
+        allowed = budget_bytes(budget, self.device)
+        grads, measured = self._measured_graph()
+        estimate = math.ceil(measured * self.num_samples / len(self.batches[0][1]))
+        self.keep_graph = estimate <= allowed if keep_graph is None else keep_graph
+        self._graphs = [grads] if self.keep_graph else None
+        return GraphPlan(self.keep_graph, estimate, allowed, forced=keep_graph is not None)
+
+    def _measured_graph(self) -> tuple[tuple[torch.Tensor, ...], int]:
+        """Batch 0's gradient with its graph, and the bytes that graph holds (see :meth:`plan_graphs`)."""
+        storages: dict[int, int] = {}  # data pointer -> bytes, so a storage saved twice counts once
+
+        def note(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(note, lambda tensor: tensor):
+            loss, grads = self._first_order(0)  # ``loss`` keeps the forward's saved tensors alive meanwhile
+        for g in grads:
+            note(g)
+        for resident in (*self.model.parameters(), *self.model.buffers(), *self.batches[0]):
+            storages.pop(resident.untyped_storage().data_ptr(), None)
+        return grads, sum(storages.values())
 
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:

@@ -6,7 +6,7 @@ move floating-point buffers (BatchNorm's ``running_mean``/``running_var``): an i
 does, so that every point of the line carries the statistics that belong to it; integer
 buffers (``num_batches_tracked``) never move.
 
-Three sources:
+Four sources:
 
 - :func:`random_directions` — Li et al. (2018): a Gaussian tensor per parameter, drawn on the
   CPU from a seeded generator (the same seed gives the same draws on any device), then
@@ -17,7 +17,10 @@ Three sources:
   themselves under ``filter``/``layer`` normalisation.
 - :func:`interpolation_direction` — the difference ``θ_end − θ_start`` between two checkpoints,
   floating-point buffers included (x = 1 is the other checkpoint exactly).
-- :func:`eigenvector_directions` — top Hessian eigenvectors saved by ``eigs``.
+- :func:`eigenvector_directions` — top Hessian eigenvectors saved by ``eigs``;
+- :func:`surface_directions` — the directions of an earlier landscape file.
+
+:func:`directions_from_source` picks one by the ``--directions`` option.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..landscape_types import NORMS, parse_directions
+from ..store.landscape import read_landscape
+from ..store.spectrum import eigenvectors_of
 
 if TYPE_CHECKING:
     from ..models.registry import ModelSpec
-
-NORMS = ("filter", "layer", "none")
 
 
 @dataclass
@@ -176,8 +180,6 @@ def eigenvector_directions(model: nn.Module, path: str | os.PathLike, count: int
     """The top ``count`` Hessian eigenvectors stored by ``eigs --save-vectors`` in ``path`` (unit
     length, so coordinates are distances in parameter space): those of ``checkpoint``, or of the
     file's only checkpoint."""
-    from ..store.spectrum import eigenvectors_of
-
     names, vectors = eigenvectors_of(path, checkpoint)
     if vectors.shape[0] < count:
         raise UserError(f"{path}: holds {vectors.shape[0]} eigenvector(s) but {count} are needed; "
@@ -189,11 +191,29 @@ def _same_file(a: Optional[str], b: Optional[str]) -> bool:
     return a is not None and b is not None and os.path.realpath(a) == os.path.realpath(b)
 
 
+def surface_directions(model: nn.Module, path: str | os.PathLike, count: int = 2, checkpoint: Optional[str] = None,
+                       group: Optional[str] = None) -> list[Direction]:
+    """The first ``count`` directions stored in the landscape file ``path``: those of the surface
+    named ``group`` or computed for ``checkpoint``, else of the file's only surface."""
+    stored = read_landscape(path)
+    same = [g for g in stored.groups if g.name == group or _same_file(g.checkpoint, checkpoint)]
+    if not same and len(stored.groups) > 1:
+        raise UserError(f"{path} holds no surface of {checkpoint or group}; it holds "
+                        f"{', '.join(g.checkpoint for g in stored.groups)}.")
+    chosen = (same or stored.groups)[0]
+    if chosen.directions is None or len(chosen.directions) < count:
+        raise UserError(f"{path}: surface {chosen.name!r} holds no {count}-D directions yet.")
+    return [split_flat(model, chosen.direction_names, row, f"{path}: {chosen.name}")
+            for row in chosen.directions[:count]]
+
+
 def directions_from_source(model: nn.Module, source: str, count: int, seed: int, norm: str = "filter",
                            ignore_biasbn: bool = True, checkpoint: Optional[str] = None,
                            group: Optional[str] = None,
                            load_target: Optional[Callable[[str], nn.Module]] = None) -> list[Direction]:
-    """The ``count`` directions named by ``source`` (the ``--directions`` option):
+    """The ``count`` directions named by ``source`` (the ``--directions`` option, see
+    :func:`~alignsam_diag.landscape_types.parse_directions`) — the one place where a source
+    becomes arrays, reading the files it names:
 
     ``random`` — :func:`random_directions`;
     ``interpolate:CKPT`` — towards checkpoint CKPT, BatchNorm statistics included
@@ -204,27 +224,14 @@ def directions_from_source(model: nn.Module, source: str, count: int, seed: int,
     ``surface:FILE.h5`` — the directions stored in an earlier landscape file, to re-evaluate,
     refine or extend its surface: those of the surface named ``group`` or computed for
     ``checkpoint``, else of the file's only surface."""
-    kind, _, argument = source.partition(":")
-    if kind == "random" and not argument:
-        return random_directions(model, seed, count, norm, ignore_biasbn)
-    if kind == "interpolate" and argument:
+    kind, argument = parse_directions(source)
+    if kind == "interpolate":
         from ..models.checkpoint import load_checkpoint
 
         target = (load_target or (lambda path: load_checkpoint(path).model))(argument).state_dict()
         return [interpolation_direction(model, target)] + random_directions(model, seed, count - 1, norm, ignore_biasbn)
-    if kind == "eigs" and argument:
+    if kind == "eigs":
         return eigenvector_directions(model, argument, count, checkpoint)
-    if kind == "surface" and argument:
-        from ..store.landscape import read_landscape
-
-        stored = read_landscape(argument)
-        same = [g for g in stored.groups if g.name == group or _same_file(g.checkpoint, checkpoint)]
-        if not same and len(stored.groups) > 1:
-            raise UserError(f"{argument} holds no surface of {checkpoint or group}; it holds "
-                            f"{', '.join(g.checkpoint for g in stored.groups)}.")
-        chosen = (same or stored.groups)[0]
-        if chosen.directions is None or len(chosen.directions) < count:
-            raise UserError(f"{argument}: surface {chosen.name!r} holds no {count}-D directions yet.")
-        return [split_flat(model, chosen.direction_names, row, f"{argument}: {chosen.name}")
-                for row in chosen.directions[:count]]
-    raise UserError(f"--directions {source}: choose random, interpolate:CKPT, eigs:FILE.h5 or surface:FILE.h5.")
+    if kind == "surface":
+        return surface_directions(model, argument, count, checkpoint, group)
+    return random_directions(model, seed, count, norm, ignore_biasbn)

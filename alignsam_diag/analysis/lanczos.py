@@ -67,6 +67,8 @@ class LanczosState:
     steps: products absorbed so far. restarts: fresh directions drawn after the Krylov space
         was exhausted. seed: of the start vector (restart r uses seed + r + 1).
     seconds: wall time spent so far, over all sessions of the run.
+    limit: the most products the run may take (:func:`lanczos` sets min(max_iter, P)); a store
+        can reserve room for limit + 1 basis rows once and then write only the new ones.
     """
 
     basis: torch.Tensor
@@ -75,25 +77,28 @@ class LanczosState:
     restarts: int = 0
     seed: int = 0
     seconds: float = 0.0
+    limit: int = 0
 
     @classmethod
-    def start(cls, size: int, seed: int, device: torch.device | str,
-              first: Optional[torch.Tensor] = None, capacity: int = 32) -> "LanczosState":
-        """A fresh run from ``first`` (normalised here) or from a seeded Gaussian vector."""
+    def start(cls, size: int, seed: int, device: torch.device | str, first: Optional[torch.Tensor] = None,
+              capacity: int = 32, limit: Optional[int] = None) -> "LanczosState":
+        """A fresh run from ``first`` (normalised here) or from a seeded Gaussian vector, of at
+        most ``limit`` products (default: P)."""
         q0 = random_unit_vector(size, seed, device) if first is None else first.to(device, torch.float64)
         capacity = min(capacity, size + 1)
         basis = torch.zeros(capacity, size, dtype=torch.float64, device=device)
         basis[0] = q0 / q0.norm()
-        return cls(basis, torch.zeros(capacity, capacity, dtype=torch.float64), seed=seed)
+        return cls(basis, torch.zeros(capacity, capacity, dtype=torch.float64), seed=seed,
+                   limit=size if limit is None else limit)
 
     @classmethod
     def restore(cls, basis: torch.Tensor, coeffs: torch.Tensor, restarts: int, seed: int,
-                seconds: float) -> "LanczosState":
+                seconds: float, limit: int) -> "LanczosState":
         """The state saved as ``basis`` (steps+1, P) and ``coeffs`` (steps+1, steps)."""
         steps = basis.shape[0] - 1
         full = torch.zeros(steps + 1, steps + 1, dtype=torch.float64)
         full[:, :steps] = coeffs
-        return cls(basis.to(torch.float64).clone(), full, steps, restarts, seed, seconds)
+        return cls(basis.to(torch.float64).clone(), full, steps, restarts, seed, seconds, limit)
 
     @property
     def size(self) -> int:
@@ -207,9 +212,11 @@ def warm_start(vectors: torch.Tensor) -> torch.Tensor:
     return (rows / norms).sum(dim=0)
 
 
-def check_options(k: int, which: str, tol: float, max_iter: int, size: Optional[int] = None) -> None:
+def check_options(k: int, which: str, tol: float, max_iter: int, size: Optional[int] = None,
+                  device: Optional[torch.device | str] = None) -> None:
     """Raise a one-line :class:`UserError` for invalid :func:`lanczos` options (``size``: the
-    operator's dimension, when known)."""
+    operator's dimension, when known) or, given the ``device`` of a fresh run, when its float64
+    basis of min(max_iter, size) + 1 vectors cannot fit there."""
     if which not in WHICH:
         raise UserError(f"--which {which}: choose LM (largest magnitude), LA (largest) or SA (smallest).")
     if k < 1:
@@ -220,6 +227,10 @@ def check_options(k: int, which: str, tol: float, max_iter: int, size: Optional[
         raise UserError(f"--max-iter {max_iter}: must be at least --k ({k}).")
     if not 0 < tol < math.inf:
         raise UserError(f"--tol {tol}: must be a positive number.")
+    if size is not None and device is not None:
+        rows = min(max_iter, size) + 1
+        require_memory(rows * size * 8, f"a Lanczos basis of {rows} float64 vectors of {size:,} parameters",
+                       "lower --max-iter or restrict --params", device)
 
 
 def lanczos(op: LinearOperator, k: int = 5, which: str = "LM", tol: float = 1e-3, max_iter: int = 100,
@@ -237,18 +248,17 @@ def lanczos(op: LinearOperator, k: int = 5, which: str = "LM", tol: float = 1e-3
     resumable; an exception raised there stops the run). ``progress`` gets task ``"lanczos"``.
     """
     size = op.shape[0]
-    check_options(k, which, tol, max_iter, size)
+    check_options(k, which, tol, max_iter, size, op.device if state is None else None)
     limit = min(max_iter, size)
-    if state is None:
-        require_memory((limit + 1) * size * 8, f"a Lanczos basis of {limit + 1} float64 vectors of {size:,} parameters",
-                       "lower --max-iter or restrict --params", op.device)
     if start is not None and start.shape != (size,):
         raise UserError(f"the start vector has shape {tuple(start.shape)}; the operator needs ({size},).")
     if state is None:
-        state = LanczosState.start(size, seed, op.device, first=start)
+        state = LanczosState.start(size, seed, op.device, first=start, limit=limit)
     elif state.size != size:
         raise UserError(f"the saved Lanczos state has {state.size} parameters, the model {size}; "
                         "it belongs to another model — use another --out file.")
+    else:
+        state.limit = limit  # this run's, whatever the saved run had room for
     while True:
         if state.steps >= k:
             theta, s, residuals, lam_max = wanted_pairs(state, which, k)

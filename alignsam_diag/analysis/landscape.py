@@ -39,9 +39,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import UserError
 from ..files import output_lock
+from ..landscape_types import LandscapeSpec, Surface, parse_directions
 from ..progress import ProgressFn, report
-from ..store.landscape import (LandscapeFile, LandscapeSpec, StoredSurface, Surface, group_names, read_landscape,
-                               write_landscape)
+from ..store.landscape import LandscapeFile, StoredSurface, group_names, read_landscape, write_landscape
 from .directions import Direction, directions_from_source, moving_buffers, split_flat, stack
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -351,7 +351,7 @@ def _directions_for(stored: StoredSurface, inputs: LandscapeInputs, spec: Landsc
         if stored.params_sha256 != checksum:
             raise UserError(f"{stored.checkpoint} has changed since {path} was started; choose another --out.")
         buffers = moving_buffers(model)
-        if spec.directions.startswith("interpolate:") and buffers and buffers.keys().isdisjoint(stored.direction_names):
+        if parse_directions(spec.directions)[0] == "interpolate" and buffers and buffers.keys().isdisjoint(stored.direction_names):
             raise UserError(f"{path} was started by an earlier version, which kept {stored.checkpoint}'s BatchNorm "
                             "statistics along the whole interpolation; choose another --out.")
         return [split_flat(model, stored.direction_names, row, f"{path}: {stored.name}") for row in stored.directions]

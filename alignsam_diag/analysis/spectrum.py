@@ -1,9 +1,14 @@
 """The ``eigs`` analysis of one model: top-k eigenvalues, optionally trace and spectral density,
 stored in an eigs HDF5 file part by part so that an interrupted run continues where it stopped.
 
-The Lanczos state is written after every product; the trace and the density are written when
-each is done. A rerun with the same options computes only what the file does not hold yet; a
-rerun with other options is refused (results made with different settings are never mixed).
+The Lanczos state is saved after every product (in place, only the new basis row: see
+:func:`alignsam_diag.store.spectrum.save_state`); the spectrum, the trace and the density are
+written when each is done. A rerun with the same options computes only what the file does not
+hold yet; a rerun with other options is refused (results made with different settings are never
+mixed). Products keep every batch's first-order graph when the measured estimate of those
+graphs fits in the memory budget (:meth:`.curvature.HessianOperator.plan_graphs`), whatever
+the number of samples; how they were made is stored with the results but is no option of
+them, so a rerun in another mode continues the same results.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import contextlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,15 +25,17 @@ from torch import nn
 
 from ..errors import UserError
 from ..files import output_lock
+from ..memory import Budget, budget_bytes
 from ..progress import ProgressFn
-from ..store.spectrum import EigsRecord, eigenvectors_of, read_records, write_record
-from .curvature import Batch, HessianOperator
+from ..store.spectrum import EigsRecord, eigenvectors_of, read_records, save_state, write_record
+from .curvature import Batch, GraphPlan, HessianOperator
 from .density import spectral_density
 from .lanczos import LanczosState, check_options, lanczos, warm_start
 from .pyhessian_backend import pyhessian_eigenvalues
 from .trace import TRACE_METHODS
 
 BACKENDS = ("ours", "pyhessian")
+SPEED_ONLY = ("keep_graph", "memory_budget")  # options that change how products are made, not the results
 
 
 @dataclass
@@ -39,8 +46,11 @@ class EigsOptions:
     iteration; no parameter subsets, not resumable). trace: "hutch++", "hutchinson" or None.
     density: SLQ with ``density_runs`` runs of ``density_steps`` products. start_vectors: an eigs
     file with eigenvectors (``--save-vectors``) of the same parameters, e.g. of a subsample's
-    Hessian, whose sum starts Lanczos (see :func:`.lanczos.warm_start`). keep_graph: see
-    :class:`.curvature.HessianOperator` (speed and memory only, so not part of the stored options).
+    Hessian, whose sum starts Lanczos (see :func:`.lanczos.warm_start`). keep_graph: force the
+    kept-graph mode (True) or the data-set mode (False); None: kept graphs when their measured
+    estimate fits in ``memory_budget`` (bytes, "8GiB", "50%"; None: half the free memory of the
+    model's device). See :meth:`.curvature.HessianOperator.plan_graphs`. Both are speed and
+    memory only, so not part of the stored options.
     """
 
     k: int = 5
@@ -57,11 +67,13 @@ class EigsOptions:
     density_steps: int = 80
     density_runs: int = 4
     start_vectors: Optional[str] = None
-    keep_graph: bool = True
+    keep_graph: Optional[bool] = None
+    memory_budget: Budget = None
 
     def validate(self) -> None:
         """Raise a one-line :class:`UserError` for the first invalid option."""
         check_options(self.k, self.which, self.tol, self.max_iter)
+        budget_bytes(self.memory_budget)
         if self.backend not in BACKENDS:
             raise UserError(f"--backend {self.backend}: choose ours or pyhessian.")
         if self.backend == "pyhessian" and (self.params or self.which != "LM"):
@@ -74,7 +86,25 @@ class EigsOptions:
 
     def stored(self) -> dict[str, Any]:
         """The options that determine the results (stored with them, compared on reruns)."""
-        return {k: v for k, v in asdict(self).items() if k != "keep_graph"}
+        return {k: v for k, v in asdict(self).items() if k not in SPEED_ONLY}
+
+
+def _lanczos_start(record: EigsRecord, options: EigsOptions, op: HessianOperator,
+                   checkpoint: str) -> Optional[torch.Tensor]:
+    """Before any product: check that our Lanczos run, if one is still to do, can start (options
+    against the operator's size, memory for a fresh basis), and return its start vector (P,)
+    from --start-vectors (None: a seeded random one, or the run resumes)."""
+    if record.spectrum is not None or options.backend != "ours":
+        return None
+    fresh = record.state is None
+    check_options(options.k, options.which, options.tol, options.max_iter, op.shape[0], op.device if fresh else None)
+    return _start_vector(options.start_vectors, checkpoint, op.param_names) if fresh and options.start_vectors else None
+
+
+def _needs_products(record: EigsRecord, options: EigsOptions) -> bool:
+    """Whether a part still to compute uses our Hessian-vector products."""
+    return ((record.spectrum is None and options.backend == "ours")
+            or (options.trace is not None and record.trace is None) or (options.density and record.density is None))
 
 
 def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -94,7 +124,8 @@ def _start_vector(path: str, checkpoint: str, param_names: list[str]) -> torch.T
 
 def analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[Batch], options: EigsOptions,
             data: dict[str, Any], out: Optional[str | os.PathLike] = None, check_determinism: bool = False,
-            progress: Optional[ProgressFn] = None, optimizer: Optional[str] = None) -> EigsRecord:
+            progress: Optional[ProgressFn] = None, optimizer: Optional[str] = None,
+            on_plan: Optional[Callable[[GraphPlan], None]] = None) -> EigsRecord:
     """Run the eigs analysis of ``model`` (cross-entropy, mean over ``batches``) and return it.
 
     data: how the samples were chosen (split, sample count, seed, data set); stored with the options.
@@ -102,15 +133,19 @@ def analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[B
     every part is written there as soon as it is done. It is locked while the analysis runs (a
     second writer is refused; see :func:`alignsam_diag.files.output_lock`).
     optimizer: the optimizer name the checkpoint records, stored with a new record.
+    on_plan: told how the products will be made, before the first one (not called when the
+    file holds every part already); the plan is also the record's ``graphs``.
     """
     options.validate()
     with contextlib.nullcontext() if out is None else output_lock(out):
-        return _analyse(checkpoint, model, batches, options, data, out, check_determinism, progress, optimizer)
+        return _analyse(checkpoint, model, batches, options, data, out, check_determinism, progress, optimizer,
+                        on_plan)
 
 
 def _analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[Batch], options: EigsOptions,
              data: dict[str, Any], out: Optional[str | os.PathLike], check_determinism: bool,
-             progress: Optional[ProgressFn], optimizer: Optional[str]) -> EigsRecord:
+             progress: Optional[ProgressFn], optimizer: Optional[str],
+             on_plan: Optional[Callable[[GraphPlan], None]]) -> EigsRecord:
     """:func:`analyse` once ``out`` (if any) is locked."""
     wanted = {**options.stored(), **data}
     device = next(model.parameters()).device  # where a saved Lanczos basis goes
@@ -118,27 +153,34 @@ def _analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[
     if found is not None and found.options != wanted:
         raise UserError(f"{out} already holds results for {checkpoint} made with other settings "
                         f"({', '.join(_differences(found.options, wanted))}); choose another --out or delete it.")
-    with HessianOperator(model, F.cross_entropy, batches, options.params, keep_graph=options.keep_graph,
-                         progress=progress) as op:
+    with HessianOperator(model, F.cross_entropy, batches, options.params, progress=progress) as op:
         record = found or EigsRecord(str(checkpoint), wanted, op.param_names, op.shape[0], optimizer=optimizer)
 
-        def save(state: Optional[LanczosState] = None) -> None:
+        def save_progress(state: LanczosState) -> None:
             record.state = state
+            save_state(out, record)
+
+        def save() -> None:
+            record.state = None
             if out is not None:
                 write_record(out, record)
 
         if check_determinism:
             op.check_determinism(seed=options.seed)
+        start = _lanczos_start(record, options, op, str(checkpoint))
+        if _needs_products(record, options):
+            plan = op.plan_graphs(options.memory_budget, options.keep_graph)
+            record.graphs = plan.as_dict()
+            if on_plan is not None:
+                on_plan(plan)
         if record.spectrum is None:
             if options.backend == "pyhessian":
                 record.spectrum = pyhessian_eigenvalues(model, F.cross_entropy, batches, options.k, options.tol,
                                                         options.max_iter, options.seed)
             else:
-                start = None
-                if record.state is None and options.start_vectors:
-                    start = _start_vector(options.start_vectors, str(checkpoint), op.param_names)
                 record.spectrum = lanczos(op, options.k, options.which, options.tol, options.max_iter, options.seed,
-                                          start=start, state=record.state, on_step=save if out is not None else None,
+                                          start=start, state=record.state,
+                                          on_step=save_progress if out is not None else None,
                                           eigenvectors=options.save_vectors, progress=progress)
             if not options.save_vectors:
                 record.spectrum.eigenvectors = None

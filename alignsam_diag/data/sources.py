@@ -1,8 +1,10 @@
 """Raw data sources by name: each returns the train and test arrays as they are on disk.
 
-A source returns :class:`RawSplit` pairs with images as uint8 N×H×W×C (or float arrays used
-as given for ``npz``) and int64 labels. Normalisation, subsets, label noise and augmentation
-are applied later, uniformly, by :mod:`alignsam_diag.data.datasets`.
+Sources register by name (:data:`SOURCES`, which this module fills without importing torch, so
+``--help`` can list them: :func:`usages`). A source returns :class:`RawSplit` pairs with images
+as uint8 N×H×W×C (or float arrays used as given for ``npz``) and int64 labels. Normalisation,
+subsets, label noise and augmentation are applied later, uniformly, by
+:mod:`alignsam_diag.data.datasets`.
 """
 
 from __future__ import annotations
@@ -41,8 +43,32 @@ class RawData:
     augment: bool                      # whether the paper's CIFAR augmentation is on by default
 
 
-Source = Callable[[Optional[str], str, bool], RawData]   # (root, argument, download) -> RawData
+Reader = Callable[[Optional[str], str, bool], RawData]   # (root, argument, download) -> RawData
+
+
+@dataclass(frozen=True)
+class Source:
+    """A data set by name. ``read(root, argument, download)`` returns its arrays; ``argument``
+    names what a source needs after ``name:`` (``npz:PATH``), None for one that takes nothing."""
+
+    read: Reader
+    argument: Optional[str] = None
+
+
 SOURCES: Registry[Source] = Registry("data set")
+
+
+def source(name: str, argument: Optional[str] = None) -> Callable[[Reader], Reader]:
+    """Register the decorated reader as the data set ``name`` (see :class:`Source`)."""
+    def add(read: Reader) -> Reader:
+        SOURCES.register(name)(Source(read, argument))
+        return read
+    return add
+
+
+def usages() -> list[str]:
+    """How each data set is named on the command line: ``digits``, ..., ``npz:PATH``."""
+    return [name + (f":{SOURCES.get(name).argument}" if SOURCES.get(name).argument else "") for name in SOURCES]
 
 
 def _require_dir(path: Path, what: str, hint: str) -> Path:
@@ -51,7 +77,7 @@ def _require_dir(path: Path, what: str, hint: str) -> Path:
     return path
 
 
-@SOURCES.register("digits")
+@source("digits")
 def digits(root: Optional[str], arg: str, download: bool) -> RawData:
     """scikit-learn's bundled 8×8 digits (1,797 images). Fixed split: 360 test images chosen
     by a seed-0 permutation, the same for every run."""
@@ -89,7 +115,7 @@ def _find(root: Path, stem: str) -> Path:
                     "(`apt-get install dataset-fashion-mnist`, or point --data-root at your copy).")
 
 
-@SOURCES.register("fashion-mnist")
+@source("fashion-mnist")
 def fashion_mnist(root: Optional[str], arg: str, download: bool) -> RawData:
     """Fashion-MNIST from its four IDX files (60k train / 10k test, 28×28 grey)."""
     base = _require_dir(Path(root or FASHION_MNIST_ROOT), "Fashion-MNIST",
@@ -160,7 +186,7 @@ def _cifar(root: Optional[str], download: bool, folder: str, url_name: str, num_
     return RawData(splits[0], splits[1], num_classes, mean, std, augment=True)
 
 
-@SOURCES.register("cifar10")
+@source("cifar10")
 def cifar10(root: Optional[str], arg: str, download: bool) -> RawData:
     """CIFAR-10 in torchvision's on-disk format (``<root>/cifar-10-batches-py``)."""
     return _cifar(root, download, "cifar-10-batches-py", "CIFAR-10", 10, "labels",
@@ -168,7 +194,7 @@ def cifar10(root: Optional[str], arg: str, download: bool) -> RawData:
                   (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 
-@SOURCES.register("cifar100")
+@source("cifar100")
 def cifar100(root: Optional[str], arg: str, download: bool) -> RawData:
     """CIFAR-100 in torchvision's on-disk format (``<root>/cifar-100-python``)."""
     return _cifar(root, download, "cifar-100-python", "CIFAR-100", 100, "fine_labels",
@@ -193,7 +219,7 @@ def _image_folder(path: Path, classes: list[str], image_size: int) -> RawSplit:
     return RawSplit(np.stack(xs), np.asarray(ys, dtype=np.int64))
 
 
-@SOURCES.register("imagefolder")
+@source("imagefolder", argument="PATH")
 def imagefolder(root: Optional[str], arg: str, download: bool) -> RawData:
     """``imagefolder:PATH`` — PATH/train/<class>/* and PATH/val/<class>/* (or test/), class
     folders sorted as in torchvision's ImageFolder, images resized to 32×32 RGB (the image
@@ -242,7 +268,7 @@ def _npz_split(arrays: dict[str, np.ndarray], x_key: str, y_key: str, path: Path
     return RawSplit(x.astype(np.float32), y.astype(np.int64))
 
 
-@SOURCES.register("npz")
+@source("npz", argument="PATH")
 def npz(root: Optional[str], arg: str, download: bool) -> RawData:
     """``npz:PATH`` — arrays ``x`` (real numbers, N×C×H×W or N×D) and ``y`` (class indices
     0…C−1), used exactly as given (``x`` as float32); optional ``x_test``/``y_test`` form the test
@@ -275,6 +301,7 @@ def npz(root: Optional[str], arg: str, download: bool) -> RawData:
 def load_source(name: str, root: Optional[str], download: bool) -> RawData:
     """``name`` is a registered source, or ``source:ARG`` (``imagefolder:PATH``, ``npz:PATH``)."""
     key, _, arg = name.partition(":")
-    if key in ("imagefolder", "npz") and not arg:
-        raise UserError(f"--dataset {key} needs a path: {key}:PATH.")
-    return SOURCES.get(key)(root, os.path.expanduser(arg), download)
+    entry = SOURCES.get(key)
+    if entry.argument and not arg:
+        raise UserError(f"--dataset {key} needs a path: {key}:{entry.argument}.")
+    return entry.read(root, os.path.expanduser(arg), download)

@@ -1,6 +1,9 @@
 """Checkpoint save/load: ours, and third-party files.
 
-Our checkpoints are plain dicts of tensors, numbers, strings, lists and dicts, so they load
+Our format is defined once, by :class:`Checkpoint` (format ``alignsam-diag/1``): ``train`` writes
+it, and ``inspect``, the analyses (:func:`load_checkpoint`) and ``train --resume`` read it back
+through the same dataclass; a file of a newer format is refused with one line saying to
+upgrade. On disk it is a plain dict of tensors, numbers, strings, lists and dicts, so it loads
 with ``torch.load(weights_only=True)``. Third-party files may be plain state dicts
 (.pt/.pth/.bin), safetensors, Lightning ``.ckpt`` (nested ``state_dict``) or whole pickled
 models, with any wrapper prefix (``module.``, ``model.``, ``_orig_mod.``, nested), found by
@@ -15,15 +18,17 @@ and head, never from the file's key order.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pickle
 import re
+import typing
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -33,7 +38,9 @@ from ..errors import UserError
 from ..files import atomic_write
 from .registry import ModelSpec, build_model, is_import_path
 
-FORMAT = "alignsam-diag/1"
+FORMAT_NAME = "alignsam-diag"
+FORMAT_VERSION = 1  # raise it when a change of :class:`Checkpoint` would mislead an older reader
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 STATE_KEYS = ("state_dict", "model", "model_state_dict", "net", "ema")  # where files keep the weights
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -41,6 +48,104 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # whose module ...", "... GLOBAL mypkg.Net was not an allowed global ..."); other errors mean damage.
 REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) (?:whose|was)")
 PROBE_CLASSES = 10  # classes of the first build of a third-party model; the head's real size is then read
+
+
+class NewerFormatError(UserError):
+    """A checkpoint written in a format newer than this alignsam-diag reads."""
+
+
+def format_version(obj: Mapping[str, Any]) -> Optional[int]:
+    """The version N of our format (``alignsam-diag/N``) a loaded file declares; None for a file that
+    is not ours (a third party's)."""
+    tag = obj.get("format")
+    if not (isinstance(tag, str) and tag.startswith(f"{FORMAT_NAME}/")):
+        return None
+    number = tag[len(FORMAT_NAME) + 1:]
+    return int(number) if number.isdigit() else 0
+
+
+def _field_type(hint: Any) -> type:
+    """The plain type a stored field must have: ``Optional[dict[str, int]]`` -> dict."""
+    if typing.get_origin(hint) is Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+@dataclass(kw_only=True)
+class Checkpoint:
+    """One of our checkpoint files (format :data:`FORMAT`), as ``train`` writes it each epoch.
+
+    state_dict: the model's weights. model: how to rebuild it. data: the data spec
+    (:meth:`~alignsam_diag.data.DataSpec.to_dict`: runtime-only options such as ``download`` are
+    never stored). optimizer: the settings the run used, defaults written out
+    (:meth:`alignsam_diag.train.Run.settings`). optimizer_state, scheduler_state, rng: what
+    ``--resume`` restores. config: the run's resolved
+    :class:`~alignsam_diag.train.TrainConfig` (its ``to_dict``). epoch, step: counted so far.
+    metrics: the last epoch's row of ``history`` (per-epoch columns). version: of the
+    alignsam-diag that wrote the file (stamped by :func:`save_checkpoint`, with the format). A
+    field left as None is not written (files made by hand or by other tools may hold only
+    ``state_dict`` and ``model``).
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    model: ModelSpec
+    data: Optional[dict[str, Any]] = None
+    optimizer: Optional[dict[str, Any]] = None
+    optimizer_state: Optional[dict[str, Any]] = None
+    scheduler_state: Optional[dict[str, Any]] = None
+    config: Optional[dict[str, Any]] = None
+    epoch: Optional[int] = None
+    step: Optional[int] = None
+    metrics: Optional[dict[str, float]] = None
+    history: Optional[dict[str, list[float]]] = None
+    rng: Optional[dict[str, Any]] = None
+    version: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field that is set, as stored (the file adds the format tag)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**{k: v for k, v in values.items() if v is not None}, "model": self.model.to_dict()}
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the weights, as stored (the model spec as a dict)."""
+        return {k: v for k, v in self.to_dict().items() if k != "state_dict"}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the file atomically (:func:`save_checkpoint`)."""
+        save_checkpoint(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any], path: str | os.PathLike) -> "Checkpoint":
+        """Read a loaded file of ours (a stranger's data: every field is checked for its type; keys
+        outside the format are ignored). A newer format is a :class:`NewerFormatError`, anything
+        else that does not fit a one-line :class:`UserError` naming ``path``."""
+        version = format_version(obj)
+        if version is not None and version > FORMAT_VERSION:
+            raise NewerFormatError(f"{path}: written by a newer alignsam-diag (format {version}); upgrade "
+                                   f"alignsam-diag to read it (this one reads format {FORMAT_VERSION}).")
+        if version is None:
+            raise UserError(f"{path}: not a checkpoint written by alignsam-diag (it has no format tag {FORMAT!r}).")
+        if version != FORMAT_VERSION:
+            raise UserError(f"{path}: unknown checkpoint format {obj['format']!r}; this alignsam-diag reads {FORMAT}.")
+        hints = typing.get_type_hints(cls)
+        values = {name: obj[name] for name in hints if obj.get(name) is not None}
+        problems = [f"no {name}" for name in ("state_dict", "model") if name not in values]
+        problems += [f"invalid {name}" for name, value in values.items()
+                     if not isinstance(value, dict if name == "model" else _field_type(hints[name]))
+                     or (name == "state_dict" and not _tensor_dict(value))]
+        if problems:
+            raise UserError(f"{path}: an alignsam-diag checkpoint with {', '.join(problems)}; the file is "
+                            "damaged or was altered.")
+        try:
+            values["model"] = ModelSpec.from_dict(values["model"])
+        except UserError as err:
+            raise UserError(f"{path}: {err}") from None
+        return cls(**values)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "Checkpoint":
+        """Read one of our files (loaded with ``weights_only=True``)."""
+        return cls.from_dict(read_file(path), path)
 
 
 @dataclass
@@ -51,6 +156,7 @@ class LoadedCheckpoint:
     spec: how to rebuild it. data: the training data spec stored by ``train`` (None otherwise).
     meta: everything else the file holds (epoch, step, metrics, optimizer, history, version...).
     source: "alignsam-diag", "lightning", "state-dict" (also safetensors) or "pickled-model".
+    record: the file as our format reads it (:class:`Checkpoint`), for ours; None otherwise.
     """
 
     model: nn.Module
@@ -58,6 +164,7 @@ class LoadedCheckpoint:
     data: Optional[dict[str, Any]]
     meta: dict[str, Any] = field(default_factory=dict)
     source: str = "state-dict"
+    record: Optional[Checkpoint] = None
 
     @property
     def optimizer(self) -> Optional[str]:
@@ -69,7 +176,8 @@ class LoadedCheckpoint:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` (plus format and version tags) atomically (temp file, fsync, rename:
+    """Write ``payload`` (plus format and version tags) atomically: the writer behind
+    :meth:`Checkpoint.save`, and for payloads holding only some of its fields (temp file, fsync, rename:
     :func:`alignsam_diag.files.atomic_write`). A full disk raises a one-line
     :class:`~alignsam_diag.files.DiskFullError` and leaves the previous file as it was."""
     with atomic_write(path) as tmp, open(tmp, "wb") as fh:
@@ -179,9 +287,8 @@ def _tensor_dict(d: Any) -> bool:
 
 
 def split_checkpoint(obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
-    """Find the model state dict inside a loaded file: (state_dict, source, other entries)."""
-    source = ("alignsam-diag" if obj.get("format") == FORMAT else
-              "lightning" if any(str(k).startswith("pytorch-lightning") for k in obj) else "state-dict")
+    """Find the model state dict inside a loaded third-party file: (state_dict, source, other entries)."""
+    source = "lightning" if any(str(k).startswith("pytorch-lightning") for k in obj) else "state-dict"
     for key in STATE_KEYS:
         if _tensor_dict(obj.get(key)):
             return obj[key], source, {k: v for k, v in obj.items() if k != key}
@@ -291,16 +398,6 @@ def check_stored_arch(path: str | os.PathLike, stored: str, named: Optional[str]
                         f"(exactly {stored!r}) or pass --trust-checkpoint.")
 
 
-def _stored_spec(path: str | os.PathLike, stored: Mapping[str, Any], arch: Optional[str],
-                 trust: bool) -> ModelSpec:
-    try:
-        spec = ModelSpec.from_dict(dict(stored))
-    except UserError as err:
-        raise UserError(f"{path}: {err}") from None
-    check_stored_arch(path, spec.arch, arch, trust)
-    return spec
-
-
 def _guessed_model(path: str | os.PathLike, state: Mapping[str, torch.Tensor], probe: ModelSpec,
                    given: dict[str, Optional[int]]) -> tuple[ModelSpec, nn.Module]:
     """Build ``probe`` (the given values, else placeholders), read the data's shape at its stem and
@@ -332,9 +429,9 @@ def load_checkpoint(path: str | os.PathLike, arch: Optional[str] = None, num_cla
                     image_size: Optional[int] = None) -> LoadedCheckpoint:
     """Rebuild the model stored in ``path``.
 
-    Our checkpoints carry their model spec (used when ``arch`` is None or names the same
-    architecture; ``num_classes``/``arch_kwargs`` override it). A stored import path is imported
-    only if ``arch`` names it too or ``trust`` (:func:`check_stored_arch`). Other files need
+    Our checkpoints (read as :class:`Checkpoint`) carry their model spec (used when ``arch`` is
+    None or names the same architecture; ``num_classes``/``arch_kwargs`` override it). A stored
+    import path is imported only if ``arch`` names it too or ``trust`` (:func:`check_stored_arch`). Other files need
     ``arch``; what is not given of ``num_classes``/``in_channels``/``image_size`` is read from the
     weights at the model's stem and head (:func:`guess_shapes`). A trusted whole-model pickle is
     used as it is unless ``arch`` is given.
@@ -343,12 +440,17 @@ def load_checkpoint(path: str | os.PathLike, arch: Optional[str] = None, num_cla
     obj = read_object(path, trust)
     if isinstance(obj, nn.Module) and arch is None:
         return _pickled_model(obj.to(device).eval(), given)
-    state, source, meta = split_checkpoint(_as_dict(path, obj))
-    stored = meta.get("model")
-    if isinstance(stored, Mapping) and "arch" in stored and arch in (None, stored["arch"]):
-        spec = _stored_spec(path, stored, arch, trust)
-        spec.num_classes = spec.num_classes if num_classes is None else num_classes
-        spec.kwargs = {**spec.kwargs, **(arch_kwargs or {})}
+    obj = _as_dict(path, obj)
+    record = Checkpoint.from_dict(obj, path) if format_version(obj) is not None else None
+    if record is not None:
+        state, source, meta = record.state_dict, "alignsam-diag", record.metadata()
+    else:
+        state, source, meta = split_checkpoint(obj)
+    stored = record.model if record is not None else None
+    if stored is not None and arch in (None, stored.arch):
+        check_stored_arch(path, stored.arch, arch, trust)
+        spec = dataclasses.replace(stored, num_classes=stored.num_classes if num_classes is None else num_classes,
+                                   kwargs={**stored.kwargs, **(arch_kwargs or {})})
         model = build_model(spec)
     elif arch is None:
         raise UserError(f"{path}: the file carries no model spec; pass --arch NAME "
@@ -359,5 +461,5 @@ def load_checkpoint(path: str | os.PathLike, arch: Optional[str] = None, num_cla
         spec, model = _guessed_model(path, state, probe, given)
     load_state(model, state, spec.arch)
     model.to(device).eval()
-    data = meta.get("data") if isinstance(meta.get("data"), Mapping) else None
-    return LoadedCheckpoint(model, spec, dict(data) if data else None, meta, source)
+    data = dict(record.data) if record is not None and record.data else None
+    return LoadedCheckpoint(model, spec, data, meta, source, record)

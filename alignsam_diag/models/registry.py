@@ -12,6 +12,9 @@ but takes ``**kwargs`` gets ``num_classes``. The spec's ``kwargs`` (``--arch-kwa
 win: naming any alias of a value (``{"labels": 10}``, ``{"in_chans": 1}``) replaces the
 inferred one. ``timm:NAME`` is ``timm.create_model(NAME, pretrained=False, num_classes=...,
 in_chans=...)``; its ``img_size`` (ViTs) is given with ``--arch-kwargs``.
+
+The registered names map to their factories' import paths, imported when a model is built, so
+this module (and ``--help``, which lists :data:`MODELS`) loads without torch.
 """
 
 from __future__ import annotations
@@ -20,31 +23,32 @@ import importlib
 import inspect
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..errors import UserError
 from ..registry import Registry
-from . import cifar_resnets, small, torchvision_models
 
-ModelFactory = Callable[..., nn.Module]
-MODELS: Registry[ModelFactory] = Registry("model")
+if TYPE_CHECKING:
+    from torch import nn
+
+ModelFactory = Callable[..., "nn.Module"]
+#: Built-in architectures: name -> ``package.module:factory``.
+MODELS: Registry[str] = Registry("model")
 
 for _name, _factory in {
-    "mlp": small.mlp,
-    "cnn-small": small.cnn_small,
-    "resnet32": cifar_resnets.resnet32,
-    "wrn28-10": cifar_resnets.wrn28_10,
-    "resnet18": torchvision_models.resnet18,
-    "resnet34": torchvision_models.resnet34,
-    "resnet50": torchvision_models.resnet50,
-    "densenet121": torchvision_models.densenet121,
-    "efficientnet_b2": torchvision_models.efficientnet_b2,
-    "efficientnet_b3": torchvision_models.efficientnet_b3,
-    "efficientnet_b4": torchvision_models.efficientnet_b4,
+    "mlp": "small:mlp",
+    "cnn-small": "small:cnn_small",
+    "resnet32": "cifar_resnets:resnet32",
+    "wrn28-10": "cifar_resnets:wrn28_10",
+    "resnet18": "torchvision_models:resnet18",
+    "resnet34": "torchvision_models:resnet34",
+    "resnet50": "torchvision_models:resnet50",
+    "densenet121": "torchvision_models:densenet121",
+    "efficientnet_b2": "torchvision_models:efficientnet_b2",
+    "efficientnet_b3": "torchvision_models:efficientnet_b3",
+    "efficientnet_b4": "torchvision_models:efficientnet_b4",
 }.items():
-    MODELS.register(_name)(_factory)
+    MODELS.register(_name)(f"{__package__}.{_factory}")
 
 # The names real model code gives the class count, input channels and image size.
 CLASS_ARGS = ("num_classes", "n_classes", "nclasses", "num_class", "n_class", "classes",
@@ -136,9 +140,7 @@ def _import_factory(path: str) -> ModelFactory:
 def resolve_factory(arch: str) -> ModelFactory:
     if arch.startswith("timm:"):
         return _timm_factory(arch[len("timm:"):])
-    if is_import_path(arch):
-        return _import_factory(arch)
-    return MODELS.get(arch)
+    return _import_factory(arch if is_import_path(arch) else MODELS.get(arch))
 
 
 def _signature(factory: ModelFactory) -> Optional[inspect.Signature]:
@@ -178,6 +180,8 @@ def factory_arguments(factory: ModelFactory, spec: ModelSpec) -> dict[str, Any]:
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """Instantiate ``spec`` with fresh (seed-dependent) weights."""
+    from torch import nn
+
     if spec.num_classes < 1:
         raise UserError(f"--num-classes {spec.num_classes}: a classifier needs at least 1 class.")
     factory = resolve_factory(spec.arch)

@@ -42,16 +42,24 @@ def parameters_by_layer(model: nn.Module) -> dict[str, int]:
     return dict(counts.most_common())
 
 
-META_KEYS = ("version", "epoch", "step", "optimizer", "data", "metrics")
+META_KEYS = ("version", "epoch", "step", "optimizer", "data", "metrics")  # shown, in this order, when present
+
+
+def _shown(ckpt: LoadedCheckpoint) -> tuple[dict[str, Any], Any]:
+    """(metadata to show, history) of the file: ours through its :class:`Checkpoint` record; a third
+    party's from its other entries (the known keys, then any other plain number or string)."""
+    if ckpt.record is not None:
+        stored = ckpt.record.metadata()
+        return {k: stored[k] for k in META_KEYS if k in stored}, ckpt.record.history
+    meta = {k: ckpt.meta[k] for k in META_KEYS if k in ckpt.meta}
+    meta.update({k: v for k, v in sorted(ckpt.meta.items())
+                 if k not in (*META_KEYS, "history", "model", "config", "format", "rng")
+                 and isinstance(v, (int, float, str, bool))})
+    return meta, ckpt.meta.get("history")
 
 
 def summarise(ckpt: LoadedCheckpoint) -> CheckpointSummary:
-    meta = {k: ckpt.meta[k] for k in META_KEYS if k in ckpt.meta}
-    extra = sorted(k for k, v in ckpt.meta.items()
-                   if k not in (*META_KEYS, "history", "model", "config", "format", "rng")
-                   and isinstance(v, (int, float, str, bool)))
-    meta.update({k: ckpt.meta[k] for k in extra})
-    history = ckpt.meta.get("history")
+    meta, history = _shown(ckpt)
     return CheckpointSummary(
         source=ckpt.source, arch=ckpt.spec.arch, num_classes=ckpt.spec.num_classes,
         in_channels=ckpt.spec.in_channels, image_size=ckpt.spec.image_size,

@@ -9,25 +9,36 @@
 ...     return loss
 >>> loss = optimizer.step(closure)          # every pass; the loss at the unperturbed θ
 
-Variants by name (:data:`OPTIMIZERS`), with their hyper-parameters (:func:`hyperparameters`):
-``sgd`` (the base optimizer alone), ``sam`` (rho), ``asam`` (rho, eta), ``align-sam`` (rho, lam),
-``align-asam`` (rho, lam, eta), ``gsam`` (rho, rho_min, alpha), ``fsam`` (rho, sigma, lam),
-``vasso`` (rho, theta), ``looksam`` (rho, k, alpha), ``lookbehind-sam`` (rho, k, alpha,
-adaptive_alpha). A name means the symbol of that variant's paper: ``lam`` is Align-SAM's
-trade-off λ and Friendly-SAM's averaging λ; ``alpha`` and ``k`` are GSAM's, LookSAM's or
-Lookbehind's own.
+Variants by name (:data:`OPTIMIZERS`), each described in :mod:`.variants` (its hyper-parameters
+with their defaults and ranges: :func:`hyperparameters`; ``OPTIMIZERS.get("gsam").hyper``).
+
+The descriptions import no torch, so ``from alignsam_diag.optim import OPTIMIZERS`` is cheap; the
+classes, :func:`create` and :data:`BASES` are imported (with torch) on first use.
 """
 
-from .align import AlignASAM, AlignSAM
-from .averaged import FriendlySAM, VaSSO
-from .base import BASES, OPTIMIZERS, Closure, Plain, SharpnessAware
-from .factory import create, hyperparameters
-from .gsam import GSAM
-from .lookbehind import LookbehindSAM
-from .looksam import LookSAM
-from .sam import ASAM, SAM
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .variants import OPTIMIZERS, Hyper, Variant, hyperparameters
+
+#: Names of the torch side that are not variant classes, and their modules.
+_MODULES = {"create": "factory", "AMP_MODES": "factory", "BASES": "base", "Closure": "base",
+            "SharpnessAware": "base"}
+
+
+def __getattr__(name: str) -> Any:
+    """A variant class (``SAM``, ``AlignSAM``, ...) or a name of :data:`_MODULES`, imported on first use."""
+    if name in _MODULES:
+        return getattr(import_module(f"{__name__}.{_MODULES[name]}"), name)
+    for variant in map(OPTIMIZERS.get, OPTIMIZERS):
+        if variant.implementation.endswith(f":{name}"):
+            return variant.load()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
-    "ASAM", "BASES", "GSAM", "OPTIMIZERS", "SAM", "AlignASAM", "AlignSAM", "Closure", "FriendlySAM",
-    "LookSAM", "LookbehindSAM", "Plain", "SharpnessAware", "VaSSO", "create", "hyperparameters",
+    "AMP_MODES", "ASAM", "BASES", "GSAM", "OPTIMIZERS", "SAM", "AlignASAM", "AlignSAM", "Closure", "FriendlySAM",
+    "Hyper", "LookSAM", "LookbehindSAM", "Plain", "SharpnessAware", "VaSSO", "Variant", "create", "hyperparameters",
 ]

@@ -18,28 +18,26 @@ from __future__ import annotations
 from typing import Any
 
 from . import vectors
-from .base import OPTIMIZERS, Closure, SharpnessAware, check
+from .base import Closure, SharpnessAware
 from .geometry import Elementwise
+from .variants import OPTIMIZERS
 
 
-@OPTIMIZERS.register("align-sam")
 class AlignSAM(SharpnessAware):
     """Align-SAM. Asks the closure for ``"aux"``: the same B^a for both auxiliary passes.
+    Hyper-parameters: ``rho`` (as SAM's) and ``lam``, the trade-off λ between the train and the
+    auxiliary term (2 in all the paper's runs)."""
 
-    Args:
-        rho: radius ρ (as SAM's: 0.05 for CIFAR-10, 0.1 for CIFAR-100, ImageNet).
-        lam: trade-off λ between the train and the auxiliary term (2 in all the paper's runs).
-    """
+    variant = OPTIMIZERS.get("align-sam")
+    rho: float
+    lam: float
 
-    needs_aux = True
-
-    def __init__(self, params: Any, *, rho: float = 0.05, lam: float = 2.0, **base: Any) -> None:
-        super().__init__(params, **base)
-        rho, lam = check("rho", rho, low=0.0), check("lam", lam, low=0.0)
+    def __init__(self, params: Any, **settings: Any) -> None:
+        super().__init__(params, **settings)
         #: ρ_t = λρ, the radius of the train term.
-        self.rho_train = lam * rho
+        self.rho_train = self.lam * self.rho
         #: ρ_a = ρ, the radius of the auxiliary ascent and of the auxiliary term.
-        self.rho_aux = rho
+        self.rho_aux = self.rho
 
     def _descent_gradient(self, closure: Closure) -> None:
         g_train = self._gradient()
@@ -53,16 +51,13 @@ class AlignSAM(SharpnessAware):
             self._pass(closure, "train")
 
 
-@OPTIMIZERS.register("align-asam")
 class AlignASAM(AlignSAM):
-    """Align-SAM in ASAM's ball (both perturbations).
+    """Align-SAM in ASAM's ball (both perturbations). Hyper-parameters: ``rho`` (in the
+    normalised ball, as ASAM's), ``lam`` and ASAM's ``eta``."""
 
-    Args:
-        rho: radius ρ in the normalised ball (as ASAM's: 0.5 for CIFAR-10, 1.0 for CIFAR-100).
-        lam: trade-off λ.
-        eta: ASAM's η.
-    """
+    variant = OPTIMIZERS.get("align-asam")
+    eta: float
 
-    def __init__(self, params: Any, *, rho: float = 0.5, lam: float = 2.0, eta: float = 0.01, **base: Any) -> None:
-        super().__init__(params, rho=rho, lam=lam, **base)
-        self.geometry = Elementwise(check("eta", eta, low=0.0), self.model)
+    def __init__(self, params: Any, **settings: Any) -> None:
+        super().__init__(params, **settings)
+        self.geometry = Elementwise(self.eta, self.model)

@@ -7,18 +7,15 @@ the history is the first gradient itself, as in both reference implementations.
 
 from __future__ import annotations
 
-from typing import Any
-
-from .base import OPTIMIZERS, Closure, SharpnessAware, check
+from .base import Closure, SharpnessAware
+from .variants import OPTIMIZERS
 from .vectors import Vector
 
 
 class AveragedPerturbation(SharpnessAware):
     """SAM with the ascent direction :meth:`_direction` of the current gradient and the history."""
 
-    def __init__(self, params: Any, *, rho: float, **base: Any) -> None:
-        super().__init__(params, **base)
-        self.rho = check("rho", rho, low=0.0)
+    rho: float
 
     def _direction(self, grad: Vector) -> Vector:
         raise NotImplementedError
@@ -29,21 +26,14 @@ class AveragedPerturbation(SharpnessAware):
             self._pass(closure, "train")
 
 
-@OPTIMIZERS.register("fsam")
 class FriendlySAM(AveragedPerturbation):
     """Friendly-SAM (Li et al. 2024): d = g − σ m_{t−1}, m_t = λ m_{t−1} + (1 − λ) g, with
     m_1 = g_1 (so d_1 = g_1). Removes the full-batch component m from the ascent.
+    Hyper-parameters: ``rho``, ``sigma`` (σ = 0 is SAM) and ``lam`` (the decay λ of m)."""
 
-    Args:
-        rho: radius ρ.
-        sigma: σ, how much of the gradient average to remove (σ = 0 is SAM).
-        lam: λ, decay of the gradient average m.
-    """
-
-    def __init__(self, params: Any, *, rho: float = 0.05, sigma: float = 1.0, lam: float = 0.9, **base: Any) -> None:
-        super().__init__(params, rho=rho, **base)
-        self.sigma = check("sigma", sigma, low=0.0)
-        self.lam = check("lam", lam, low=0.0, high=1.0)
+    variant = OPTIMIZERS.get("fsam")
+    sigma: float
+    lam: float
 
     def _direction(self, grad: Vector) -> Vector:
         direction = []
@@ -58,19 +48,13 @@ class FriendlySAM(AveragedPerturbation):
         return direction
 
 
-@OPTIMIZERS.register("vasso")
 class VaSSO(AveragedPerturbation):
     """VaSSO (Li & Giannakis 2023): d_t = (1 − θ) d_{t−1} + θ g_t, d_1 = g_1; the averaged
-    direction suppresses the variance of the stochastic ascent.
+    direction suppresses the variance of the stochastic ascent. Hyper-parameters: ``rho`` and
+    ``theta`` (θ = 1 is SAM)."""
 
-    Args:
-        rho: radius ρ.
-        theta: θ, weight of the newest gradient (θ = 1 is SAM).
-    """
-
-    def __init__(self, params: Any, *, rho: float = 0.05, theta: float = 0.9, **base: Any) -> None:
-        super().__init__(params, rho=rho, **base)
-        self.theta = check("theta", theta, low=0.0, high=1.0)
+    variant = OPTIMIZERS.get("vasso")
+    theta: float
 
     def _direction(self, grad: Vector) -> Vector:
         direction = []

@@ -7,8 +7,9 @@ perturbing and exactly restoring the parameters, the BatchNorm protection, the b
 the state dict — and a variant only says how it turns the clean gradient into the gradient the
 base optimizer steps with (:meth:`SharpnessAware._descent_gradient`).
 
-A variant's hyper-parameters are the keyword arguments of its ``__init__`` beyond those of
-:class:`SharpnessAware`; their defaults there are the reference defaults.
+A variant's hyper-parameters are those of its description (``variant``, from
+:mod:`alignsam_diag.optim.variants`): given as keyword arguments, checked against it, the others
+at its reference defaults, and set as attributes of the same names (``self.rho``).
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ from ..registry import Registry
 from . import vectors
 from .batchnorm import BatchNormGuard
 from .geometry import Elementwise, Euclidean
+from .variants import OPTIMIZERS, Variant
 from .vectors import Vector
 
 #: ``closure(which)`` computes the loss on batch ``which`` ("train" or "aux"), calls
 #: ``backward()`` and returns the loss.
 Closure = Callable[[str], torch.Tensor]
 
-OPTIMIZERS: Registry[type["SharpnessAware"]] = Registry("optimizer")
 BASES: Registry[Callable[..., torch.optim.Optimizer]] = Registry("base optimizer")
 #: Settings of a torch optimizer that choose how its update is computed, not what it computes.
 IMPLEMENTATION_FLAGS = ("foreach", "fused", "differentiable", "capturable")
@@ -53,22 +54,6 @@ def _adamw(groups: list[dict], lr: float, momentum: float, weight_decay: float, 
     return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
 
 
-def check(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
-          integer: bool = False) -> Any:
-    """``value`` if it lies in [low, high] (and is an integer when asked), else a UserError
-    naming the CLI flag."""
-    flag = "--" + name.replace("_", "-")
-    if integer:
-        if isinstance(value, bool) or not float(value).is_integer():
-            raise UserError(f"{flag} {value}: must be an integer.")
-        value = int(value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"in [{low}, {high}]" if low is not None and high is not None else (
-            f"at least {low}" if low is not None else f"at most {high}")
-        raise UserError(f"{flag} {value}: must be {bounds}.")
-    return value
-
-
 class SharpnessAware(torch.optim.Optimizer):
     """A SAM-family optimizer driven entirely by :meth:`step` with a closure.
 
@@ -81,18 +66,23 @@ class SharpnessAware(torch.optim.Optimizer):
             the running statistics after a step are exactly those one clean forward pass on the
             train batch at θ leaves. Without it, every pass of a step updates them.
 
+        hyper: the variant's own hyper-parameters (:attr:`variant`); each becomes an attribute.
+
     Under DistributedDataParallel (pass the DDP-wrapped ``model``), every pass runs inside
     ``no_sync()``, so each rank perturbs with its own gradients (SAM's m-sharpness), and only
     the gradient handed to the base step is averaged over the ranks.
     """
 
-    #: Whether ``step`` asks the closure for the auxiliary batch.
-    needs_aux: ClassVar[bool] = False
-    #: Whether a step is a single forward/backward pass (fp16 with a GradScaler works only then).
-    single_pass: ClassVar[bool] = False
+    #: What the class implements: name, hyper-parameters, whether it needs an auxiliary batch.
+    variant: ClassVar[Variant]
 
     def __init__(self, params: Any, *, base: str = "sgd", lr: float, momentum: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, model: Optional[nn.Module] = None) -> None:
+                 weight_decay: float = 0.0, nesterov: bool = False, model: Optional[nn.Module] = None,
+                 **hyper: Any) -> None:
+        #: Every hyper-parameter of the variant as used (the given ones checked, the others at
+        #: their defaults); each is also an attribute (``self.rho``).
+        self.hyper = self.variant.resolve(hyper)
+        vars(self).update(self.hyper)
         super().__init__(params, {})
         self.base_name = base
         self.base = BASES.get(base)(self.param_groups, lr=lr, momentum=momentum,
@@ -103,6 +93,16 @@ class SharpnessAware(torch.optim.Optimizer):
         self.geometry: Euclidean | Elementwise = Euclidean()
         self._batchnorm = BatchNormGuard(model)
         self._origin = vectors.Snapshot()
+
+    @property
+    def needs_aux(self) -> bool:
+        """Whether ``step`` asks the closure for the auxiliary batch."""
+        return self.variant.needs_aux
+
+    @property
+    def single_pass(self) -> bool:
+        """Whether a step is a single forward/backward pass (fp16 with a GradScaler works only then)."""
+        return self.variant.single_pass
 
     # -- the step ---------------------------------------------------------------------------
 
@@ -205,11 +205,10 @@ class SharpnessAware(torch.optim.Optimizer):
         self.base.param_groups = self.param_groups
 
 
-@OPTIMIZERS.register("sgd")
 class Plain(SharpnessAware):
     """The base optimizer alone (``sgd``: with ``base="adamw"`` it is plain AdamW): one pass."""
 
-    single_pass = True
+    variant = OPTIMIZERS.get("sgd")
 
     def _descent_gradient(self, closure: Closure) -> None:
         pass

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import vectors
-from .base import OPTIMIZERS, Closure, SharpnessAware, check
+from .base import Closure, SharpnessAware
+from .variants import OPTIMIZERS
 
 
-@OPTIMIZERS.register("gsam")
 class GSAM(SharpnessAware):
     """SAM's perturbation; the base step uses g_s − α g⊥ with g_s = ∇L(θ + ρ_t ĝ) and
     g⊥ = g − (g·ĝ_s) ĝ_s the part of the clean gradient orthogonal to g_s.
@@ -18,18 +18,19 @@ class GSAM(SharpnessAware):
     the first parameter group and lr_max the one it had when the optimizer was created (the
     peak of any schedule attached afterwards).
 
-    Args:
-        rho: ρ_max, the radius at the peak learning rate.
-        rho_min: the radius at learning rate 0 (0: ρ proportional to the LR).
-        alpha: α, weight of the orthogonal correction (0.4 in the paper; α = 0 is SAM).
+    Hyper-parameters: ``rho`` (ρ_max, the radius at the peak learning rate), ``rho_min`` (the
+    radius at learning rate 0, at most ``rho``; 0: ρ proportional to the LR) and ``alpha`` (α,
+    the weight of the orthogonal correction; 0.4 in the paper, 0 is SAM).
     """
 
-    def __init__(self, params: Any, *, rho: float = 0.05, rho_min: float = 0.0, alpha: float = 0.4,
-                 **base: Any) -> None:
-        super().__init__(params, **base)
-        self.rho = check("rho", rho, low=0.0)
-        self.rho_min = check("rho_min", rho_min, low=0.0, high=rho)
-        self.alpha = check("alpha", alpha, low=0.0, high=1.0)
+    variant = OPTIMIZERS.get("gsam")
+    rho: float
+    rho_min: float
+    alpha: float
+
+    def __init__(self, params: Any, **settings: Any) -> None:
+        super().__init__(params, **settings)
+        self.variant.param("rho_min").check(self.rho_min, high=self.rho)
         self.lr_max = self.param_groups[0]["lr"]
 
     def radius(self) -> float:

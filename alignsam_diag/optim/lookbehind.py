@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from . import vectors
-from .base import OPTIMIZERS, Closure, SharpnessAware, check
+from .base import Closure, SharpnessAware
+from .variants import OPTIMIZERS
 from .vectors import Vector
 
 
-@OPTIMIZERS.register("lookbehind-sam")
 class LookbehindSAM(SharpnessAware):
     """Per step, on the one train batch (as the reference code does):
 
@@ -24,20 +22,17 @@ class LookbehindSAM(SharpnessAware):
     a step costs k + 1 passes and k base steps. With ``adaptive_alpha`` each parameter tensor
     gets α = (1 + cos(fast_1 − φ, fast_k − φ)) / 2, as in the reference code's ``alpha=-1``.
 
-    Args:
-        rho: radius ρ of each ascent step.
-        k: number of ascent/descent steps per train batch (k = 1, α = 1 is SAM).
-        alpha: α, step of the slow weights towards the fast ones.
-        adaptive_alpha: choose α per tensor from the alignment of the first and last fast step.
+    Hyper-parameters: ``rho`` (the radius of each ascent step), ``k`` (ascent/descent steps per
+    train batch; k = 1 with α = 1 is SAM), ``alpha`` (α, the step of the slow weights towards the
+    fast ones) and ``adaptive_alpha`` (α per tensor from the alignment of the first and last fast
+    step).
     """
 
-    def __init__(self, params: Any, *, rho: float = 0.05, k: int = 2, alpha: float = 0.5,
-                 adaptive_alpha: bool = False, **base: Any) -> None:
-        super().__init__(params, **base)
-        self.rho = check("rho", rho, low=0.0)
-        self.k = check("k", k, low=1, integer=True)
-        self.alpha = check("alpha", alpha, low=0.0, high=1.0)
-        self.adaptive_alpha = bool(adaptive_alpha)
+    variant = OPTIMIZERS.get("lookbehind-sam")
+    rho: float
+    k: int
+    alpha: float
+    adaptive_alpha: bool
 
     def _update(self, closure: Closure) -> None:
         params = self._params()

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import vectors
-from .base import OPTIMIZERS, Closure, SharpnessAware, check
+from .base import Closure, SharpnessAware
+from .variants import OPTIMIZERS
 
 
-@OPTIMIZERS.register("looksam")
 class LookSAM(SharpnessAware):
     """On steps 0, k, 2k, …: SAM's g_s = ∇L(θ + ρ ĝ), stored as its part orthogonal to the
     clean gradient, g_v = g_s − (g_s·ĝ) ĝ, and the base step uses g_s. On the other steps: one
@@ -18,17 +18,17 @@ class LookSAM(SharpnessAware):
     vector. (pytorch-optimizer's LookSAM takes them per parameter tensor; the two agree only
     for a model with a single parameter tensor; see tests/test_optim_reference.py.)
 
-    Args:
-        rho: radius ρ.
-        k: SAM's extra pass every k steps (k = 1 is SAM).
-        alpha: α, weight of the reused orthogonal part.
+    Hyper-parameters: ``rho``, ``k`` (SAM's extra pass every k steps; 1 is SAM) and ``alpha``
+    (α, the weight of the reused orthogonal part).
     """
 
-    def __init__(self, params: Any, *, rho: float = 0.05, k: int = 5, alpha: float = 0.7, **base: Any) -> None:
-        super().__init__(params, **base)
-        self.rho = check("rho", rho, low=0.0)
-        self.k = check("k", k, low=1, integer=True)
-        self.alpha = check("alpha", alpha, low=0.0)
+    variant = OPTIMIZERS.get("looksam")
+    rho: float
+    k: int
+    alpha: float
+
+    def __init__(self, params: Any, **settings: Any) -> None:
+        super().__init__(params, **settings)
         for group in self.param_groups:
             group.setdefault("looksam_step", 0)
 

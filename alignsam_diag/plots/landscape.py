@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..errors import UserError
-from ..store.landscape import Surface
+from ..landscape_types import Surface
 from .style import colours
 
 KINDS = ("contour", "contourf", "heatmap", "surface", "curve")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import UserError
 from ..files import atomic_write, check_writable
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FORMATS = ("png", "pdf")
 # image formats matplotlib could write but this tool does not: refused, not taken for folder names

@@ -1,5 +1,6 @@
-"""Loss-landscape surfaces (``landscape`` command): the result types — :class:`LandscapeSpec`
-(the options), :class:`Grid`, :class:`Surface` — and their HDF5 layout.
+"""Loss-landscape surface files (``landscape`` command): the HDF5 layout of the options
+(:class:`~alignsam_diag.landscape_types.LandscapeSpec`, stored as JSON) and of each checkpoint's
+:class:`~alignsam_diag.landscape_types.Surface`.
 
 One file holds the surfaces of one or more checkpoints, all computed with the same options::
 
@@ -36,145 +37,17 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..analysis.directions import NORMS
 from ..errors import UserError
-from ..memory import require_memory
+from ..landscape_types import Grid, Surface
 from .h5io import atomic_h5, open_h5
 
 KIND = "landscape"
-BYTES_PER_CELL = 64  # host memory per cell of one surface: values, marks, coordinates and their copies on save
-
-
-@dataclass
-class Grid:
-    """Cell coordinates: x (nx,), y (ny,) or None for a 1-D line.
-
-    Cell (i, j) of a 2-D grid sits at (x[j], y[i]); its flat index is i·nx + j."""
-
-    x: np.ndarray
-    y: Optional[np.ndarray] = None
-
-    @property
-    def dim(self) -> int:
-        return 1 if self.y is None else 2
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.x),) if self.y is None else (len(self.y), len(self.x))
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    def points(self, cells: np.ndarray) -> np.ndarray:
-        """Coordinates (len(cells), dim) of the flat cell indices ``cells``."""
-        cells = np.asarray(cells)
-        if self.y is None:
-            return self.x[cells][:, None]
-        rows, cols = np.divmod(cells, len(self.x))
-        return np.stack([self.x[cols], self.y[rows]], axis=1)
-
-    def origin_cell(self) -> Optional[int]:
-        """Flat index of the cell at the origin (the model itself), or None if no cell is there."""
-        zero_x = np.flatnonzero(self.x == 0)
-        zero_y = np.array([0]) if self.y is None else np.flatnonzero(self.y == 0)
-        if len(zero_x) == 0 or len(zero_y) == 0:
-            return None
-        return int(zero_y[0] * len(self.x) + zero_x[0]) if self.y is not None else int(zero_x[0])
-
-
-@dataclass
-class Surface:
-    """Loss (mean cross-entropy, nats) and accuracy (fraction) at each cell of ``grid``.
-
-    All three arrays have ``grid.shape``; ``loss`` and ``acc`` are NaN where ``done`` is False."""
-
-    grid: Grid
-    loss: np.ndarray
-    acc: np.ndarray
-    done: np.ndarray
-
-    @classmethod
-    def empty(cls, grid: Grid) -> "Surface":
-        return cls(grid, np.full(grid.shape, np.nan), np.full(grid.shape, np.nan), np.zeros(grid.shape, bool))
-
-    def record(self, cells: np.ndarray, loss: np.ndarray, acc: np.ndarray) -> None:
-        """Store the values of the flat cell indices ``cells`` and mark them done."""
-        self.loss.reshape(-1)[cells] = loss
-        self.acc.reshape(-1)[cells] = acc
-        self.done.reshape(-1)[cells] = True
-
-
-@dataclass
-class LandscapeSpec:
-    """Everything that fixes a surface's values; resuming a file requires the same spec.
-
-    dim: 1 or 2. grid: points per axis. xrange, yrange: (low, high) coordinates (y: 2-D only).
-    directions: ``random``, ``interpolate:CKPT``, ``eigs:FILE.h5`` or ``surface:FILE.h5``
-    (see :func:`alignsam_diag.analysis.directions.directions_from_source`); seed, norm,
-    ignore_biasbn: for random ones.
-    data, split, samples (None = the whole split), batch_size: the fixed samples.
-    bn: ``eval`` (stored statistics) or ``recompute`` (re-estimated per point from
-    ``bn_batches`` training batches)."""
-
-    dim: int = 2
-    grid: int = 51
-    xrange: tuple[float, float] = (-1.0, 1.0)
-    yrange: tuple[float, float] = (-1.0, 1.0)
-    directions: str = "random"
-    seed: int = 0
-    norm: str = "filter"
-    ignore_biasbn: bool = True
-    data: Optional[str] = None
-    split: str = "train"
-    samples: Optional[int] = 4096
-    batch_size: int = 512
-    bn: str = "eval"
-    bn_batches: int = 4
-
-    def validate(self) -> None:
-        source, _, argument = self.directions.partition(":")
-        problems = {
-            f"--directions {self.directions}: choose random, interpolate:CKPT, eigs:FILE.h5 or surface:FILE.h5.":
-                not (source == "random" and not argument or source in ("interpolate", "eigs", "surface") and argument),
-            f"--dim {self.dim}: choose 1 or 2.": self.dim not in (1, 2),
-            f"--grid {self.grid}: needs at least 2 points per axis.": self.grid < 2,
-            f"--xrange {self.xrange}: the ends must be finite numbers.": not np.isfinite(self.xrange).all(),
-            f"--yrange {self.yrange}: the ends must be finite numbers.": not np.isfinite(self.yrange).all(),
-            f"--xrange {self.xrange}: the low end must be below the high end.": not self.xrange[0] < self.xrange[1],
-            f"--yrange {self.yrange}: the low end must be below the high end.": not self.yrange[0] < self.yrange[1],
-            f"--norm {self.norm}: choose one of {', '.join(NORMS)}.": self.norm not in NORMS,
-            f"--split {self.split}: choose train or test.": self.split not in ("train", "test"),
-            f"--bn {self.bn}: choose eval or recompute.": self.bn not in ("eval", "recompute"),
-            f"--bn-batches {self.bn_batches}: must be at least 1.": self.bn_batches < 1,
-        }
-        for message, wrong in problems.items():
-            if wrong:
-                raise UserError(message)
-        cells = self.grid ** self.dim
-        require_memory(cells * BYTES_PER_CELL, f"a {'×'.join([str(self.grid)] * self.dim)} grid ({cells:,} cells)",
-                       "choose a smaller --grid")
-
-    def make_grid(self) -> Grid:
-        return Grid(_axis(*self.xrange, self.grid), _axis(*self.yrange, self.grid) if self.dim == 2 else None)
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready (tuples as lists), as stored in the file."""
-        return json.loads(json.dumps(asdict(self)))
-
-
-def _axis(low: float, high: float, num: int) -> np.ndarray:
-    """``num`` evenly spaced coordinates; one within rounding of 0 is made exactly 0 so that the
-    model itself is a cell."""
-    values = np.linspace(low, high, num)
-    values[np.abs(values) < 1e-9 * (high - low)] = 0.0
-    return values
 
 
 @dataclass
