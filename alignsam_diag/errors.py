@@ -8,6 +8,8 @@ with ``--debug``.
 
 from __future__ import annotations
 
+from typing import Callable
+
 
 class UserError(Exception):
     """Something the user can fix. ``str(err)`` says what is wrong and what to do."""
@@ -15,3 +17,26 @@ class UserError(Exception):
 
 class DivergedError(UserError):
     """The loss became NaN or infinite."""
+
+
+class OptionError(UserError):
+    """One option has a value the user must change: ``option`` (the library's parameter name,
+    e.g. ``"k"``), the ``value`` given and the ``reason`` it is wrong.
+
+    ``str(err)`` speaks the library's names: ``k = 0: must be at least 1.``. The CLI renders the
+    same error with its flag (:meth:`render`): ``--k 0: must be at least 1.``. The reason may name
+    other options of the same call as ``{name}`` for each name in ``mentions`` (``"must be at least
+    {k} (5)."``), spelled the same way as ``option``.
+    """
+
+    def __init__(self, option: str, value: object, reason: str, *, mentions: tuple[str, ...] = ()) -> None:
+        self.option, self.value, self.reason, self.mentions = option, value, reason, tuple(mentions)
+        super().__init__(self.render(lambda name: name, " = "))
+
+    def render(self, spell: Callable[[str], str], between: str = " ") -> str:
+        """The message with every option name passed through ``spell`` (the CLI gives its flag),
+        ``between`` separating the option from its value."""
+        reason = self.reason
+        for name in self.mentions:
+            reason = reason.replace("{" + name + "}", spell(name))
+        return f"{spell(self.option)}{between}{self.value}: {reason}"

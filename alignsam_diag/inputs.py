@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from .data import ArrayDataset, DataSpec, DataSplits, fixed_batches, load_data, sample_subset
-from .errors import UserError
+from .errors import OptionError, UserError
 from .models.checkpoint import LoadedCheckpoint, load_checkpoint
 from .models.probe import check_model_takes
 
@@ -43,9 +43,9 @@ def load_inputs(path: str | os.PathLike, *, data: Optional[DataSpec] = None,
     Third-party checkpoints need ``data``.
     """
     if split not in ("train", "test"):
-        raise UserError(f"--split {split}: choose train or test.")
+        raise OptionError("split", split, "choose train or test.")
     if samples is not None and samples < 1:
-        raise UserError(f"--samples {samples}: must be at least 1.")
+        raise OptionError("samples", samples, "must be at least 1.")
     splits = load_data(data, device) if data is not None else None
     ckpt = load_checkpoint(path, arch=arch, num_classes=num_classes if num_classes is not None or splits is None else splits.num_classes,
                            arch_kwargs=arch_kwargs, trust=trust, device=device,

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import UserError
+from .errors import OptionError
 from .memory import require_memory
 
 #: How random directions are scaled to the model's weights (``--norm``).
@@ -30,7 +30,7 @@ def parse_directions(text: str) -> tuple[str, str]:
     What each kind means: :func:`alignsam_diag.analysis.directions.directions_from_source`."""
     kind, _, argument = text.partition(":")
     if not (kind == "random" and not argument or kind in DIRECTION_FILES and argument):
-        raise UserError(f"--directions {text}: choose random, interpolate:CKPT, eigs:FILE.h5 or surface:FILE.h5.")
+        raise OptionError("directions", text, "choose random, interpolate:CKPT, eigs:FILE.h5 or surface:FILE.h5.")
     return kind, argument
 
 
@@ -122,21 +122,21 @@ class LandscapeSpec:
 
     def validate(self) -> None:
         parse_directions(self.directions)
-        problems = {
-            f"--dim {self.dim}: choose 1 or 2.": self.dim not in (1, 2),
-            f"--grid {self.grid}: needs at least 2 points per axis.": self.grid < 2,
-            f"--xrange {self.xrange}: the ends must be finite numbers.": not np.isfinite(self.xrange).all(),
-            f"--yrange {self.yrange}: the ends must be finite numbers.": not np.isfinite(self.yrange).all(),
-            f"--xrange {self.xrange}: the low end must be below the high end.": not self.xrange[0] < self.xrange[1],
-            f"--yrange {self.yrange}: the low end must be below the high end.": not self.yrange[0] < self.yrange[1],
-            f"--norm {self.norm}: choose one of {', '.join(NORMS)}.": self.norm not in NORMS,
-            f"--split {self.split}: choose train or test.": self.split not in ("train", "test"),
-            f"--bn {self.bn}: choose eval or recompute.": self.bn not in ("eval", "recompute"),
-            f"--bn-batches {self.bn_batches}: must be at least 1.": self.bn_batches < 1,
-        }
-        for message, wrong in problems.items():
+        problems = [
+            ("dim", self.dim not in (1, 2), "choose 1 or 2."),
+            ("grid", self.grid < 2, "needs at least 2 points per axis."),
+            ("xrange", not np.isfinite(self.xrange).all(), "the ends must be finite numbers."),
+            ("yrange", not np.isfinite(self.yrange).all(), "the ends must be finite numbers."),
+            ("xrange", not self.xrange[0] < self.xrange[1], "the low end must be below the high end."),
+            ("yrange", not self.yrange[0] < self.yrange[1], "the low end must be below the high end."),
+            ("norm", self.norm not in NORMS, f"choose one of {', '.join(NORMS)}."),
+            ("split", self.split not in ("train", "test"), "choose train or test."),
+            ("bn", self.bn not in ("eval", "recompute"), "choose eval or recompute."),
+            ("bn_batches", self.bn_batches < 1, "must be at least 1."),
+        ]
+        for option, wrong, reason in problems:
             if wrong:
-                raise UserError(message)
+                raise OptionError(option, getattr(self, option), reason)
         cells = self.grid ** self.dim
         require_memory(cells * BYTES_PER_CELL, f"a {'×'.join([str(self.grid)] * self.dim)} grid ({cells:,} cells)",
                        "choose a smaller --grid")

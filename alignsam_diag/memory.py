@@ -9,7 +9,7 @@ from typing import Union
 
 import torch
 
-from .errors import UserError
+from .errors import OptionError, UserError
 
 DEFAULT_BUDGET_SHARE = 0.5  # of the free memory, when no budget is given
 UNITS = {"": 1, "b": 1, "k": 2 ** 10, "kib": 2 ** 10, "kb": 10 ** 3, "m": 2 ** 20, "mib": 2 ** 20, "mb": 10 ** 6,
@@ -58,8 +58,8 @@ def budget_bytes(budget: Budget, device: torch.device | str = "cpu") -> int:
         return int(value / 100 * available_bytes(device))
     if match and unit in UNITS and value * UNITS[unit] >= 1:
         return int(value * UNITS[unit])
-    raise UserError(f"--memory-budget {budget}: give a size such as 8GiB or 512MB, or a share of the free memory "
-                    "such as 50%.")
+    raise OptionError("memory_budget", budget, "give a size such as 8GiB or 512MB, or a share of the free "
+                      "memory such as 50%.")
 
 
 def require_memory(needed: int, what: str, hint: str, device: torch.device | str = "cpu") -> None:

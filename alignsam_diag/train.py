@@ -35,7 +35,7 @@ from torch import nn
 from . import optim
 from .data import ArrayDataset, DataSpec, DataSplits, fixed_batches, load_data
 from .data.augment import pad_crop_flip
-from .errors import DivergedError, UserError
+from .errors import DivergedError, OptionError, UserError
 from .files import DiskFullError, output_lock
 from .models import ModelSpec, build_model
 from .models.checkpoint import Checkpoint, NewerFormatError, check_stored_arch
@@ -71,22 +71,22 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise a :class:`UserError` naming the first invalid option."""
         checks = [
-            (self.epochs >= 1, f"--epochs {self.epochs}: must be at least 1."),
-            (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1."),
-            (self.aux_batch_size is None or self.aux_batch_size >= 1,
-             f"--aux-batch-size {self.aux_batch_size}: must be at least 1."),
-            (self.lr > 0, f"--lr {self.lr}: must be positive."),
-            (0 <= self.momentum < 1, f"--momentum {self.momentum}: must be in [0, 1)."),
-            (self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be non-negative."),
-            (self.warmup_epochs >= 0, f"--warmup-epochs {self.warmup_epochs}: must be non-negative."),
-            (self.save_every >= 0, f"--save-every {self.save_every}: must be non-negative."),
-            (self.amp in (None, "bf16"), f"--amp {self.amp}: only bf16 autocast is supported (fp16 would need "
-                                         "a GradScaler, which cannot unscale the several passes of SAM-family "
-                                         "steps); use --amp bf16."),
+            ("epochs", self.epochs >= 1, "must be at least 1."),
+            ("batch_size", self.batch_size >= 1, "must be at least 1."),
+            ("aux_batch_size", self.aux_batch_size is None or self.aux_batch_size >= 1, "must be at least 1."),
+            ("lr", self.lr > 0, "must be positive."),
+            ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)."),
+            ("weight_decay", self.weight_decay >= 0, "must be non-negative."),
+            ("warmup_epochs", self.warmup_epochs >= 0, "must be non-negative."),
+            ("save_every", self.save_every >= 0, "must be non-negative."),
+            ("amp", self.amp in (None, "bf16"), "only bf16 autocast is supported (fp16 would need a GradScaler, "
+                                                "which cannot unscale the several passes of SAM-family steps); "
+                                                "use {amp} bf16."),
         ]
-        for ok, message in checks:
+        for option, ok, reason in checks:
             if not ok:
-                raise UserError(message)
+                raise OptionError(option, getattr(self, option), reason,
+                                  mentions=("amp",) if option == "amp" else ())
 
     def resolved(self) -> "TrainConfig":
         """A copy with what the optimizer variant leaves to defaults written out, as checkpoints

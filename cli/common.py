@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional, 
 import typer
 
 from alignsam_diag.data.sources import usages as dataset_usages
-from alignsam_diag.errors import UserError
+from alignsam_diag.errors import OptionError, UserError
 from alignsam_diag.models.registry import MODELS
 from alignsam_diag.progress import ProgressFn, ProgressUpdate
 
@@ -30,6 +30,26 @@ if TYPE_CHECKING:
     from alignsam_diag.inputs import AnalysisInputs
 
 debug_mode = {"on": False}  # set by the root callback's --debug
+
+#: Library parameter names whose flag is not ``--`` + the name with ``-`` for ``_``: the trace and
+#: density functions' own arguments, which ``eigs`` prefixes, and the spectrum options' ``trace``
+#: (the method; ``--trace`` is the switch that turns the estimate on), the figures' ``fmt``.
+FLAG_NAMES = {
+    "probes": "--trace-probes", "products": "--trace-probes",
+    "steps": "--density-steps", "runs": "--density-runs",
+    "trace": "--trace-method", "fmt": "--format",
+}
+
+
+def flag(option: str) -> str:
+    """The command-line flag of library parameter ``option``: ``max_iter`` → ``--max-iter``."""
+    return FLAG_NAMES.get(option, "--" + option.replace("_", "-"))
+
+
+def message(err: UserError) -> str:
+    """``err`` as the command line says it: an :class:`OptionError` names the flag
+    (``--k 0: must be at least 1.``), any other error is its own message."""
+    return err.render(flag) if isinstance(err, OptionError) else str(err)
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,7 +68,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as err:
             if debug_mode["on"]:
                 raise
-            sys.stderr.write(f"error: {err}\n")
+            sys.stderr.write(f"error: {message(err)}\n")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             sys.stderr.write("interrupted; finished work is saved — rerun the same command to continue.\n")

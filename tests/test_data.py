@@ -58,7 +58,7 @@ def test_subset_is_seeded_and_noise_applies_after_it():
     keep = subset_indices(1437, 100, 2)
     assert torch.equal(d.train.clean_y, full.train.y[keep])
     assert d.train.noisy.sum().item() == 10
-    with pytest.raises(UserError, match="--subset"):
+    with pytest.raises(UserError, match="subset = 5000"):
         load_data(DataSpec("digits", subset=5000))
 
 

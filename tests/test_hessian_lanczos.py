@@ -106,8 +106,8 @@ def test_exhausted_krylov_space_continues_with_fresh_directions():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(k=0), "--k 0"), (dict(k=13), "--k 13"), (dict(which="BE"), "--which BE"),
-    (dict(k=5, max_iter=3), "--max-iter 3"), (dict(tol=0.0), "--tol"),
+    (dict(k=0), "k = 0"), (dict(k=13), "k = 13"), (dict(which="BE"), "which = BE"),
+    (dict(k=5, max_iter=3), "max_iter = 3"), (dict(tol=0.0), "tol = "),
 ])
 def test_bad_arguments_are_user_errors(kwargs, message):
     model, loss, x, y = tiny_case("least-squares")

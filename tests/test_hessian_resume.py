@@ -38,7 +38,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(operator, tmp_path,
     path = tmp_path / "eigs.h5"
 
     def save_then_stop(state):
-        writer(path, record_for(operator, state=state))
+        writer(path, record_for(operator, state=state.saved()))
         if state.steps == stop_after:
             raise Interrupted
 

@@ -46,7 +46,7 @@ def saving_run(path: Path, size: int, max_iter: int, checkpoint: str = "run.pt",
     written = {}
 
     def save(state):
-        record.state = state
+        record.state = state.saved()
         before = bytes_written()
         save_state(path, record)
         written[state.steps] = bytes_written() - before
@@ -80,7 +80,7 @@ def test_disk_usage_grows_by_one_row_per_save(tmp_path):
     usage = {}
 
     def save(state):
-        record.state = state
+        record.state = state.saved()
         save_state(path, record)
         usage[state.steps] = (path.stat().st_size, path.stat().st_blocks * 512)
 

@@ -100,9 +100,9 @@ def test_eigenvector_directions_from_an_eigs_file(tmp_path):
 
 def test_unknown_source_and_bad_norm_are_user_errors():
     model = cnn(0)
-    with pytest.raises(UserError, match="--directions"):
+    with pytest.raises(UserError, match="directions = sideways"):
         directions_from_source(model, "sideways", 2, 0)
-    with pytest.raises(UserError, match="--norm"):
+    with pytest.raises(UserError, match="norm = weight"):
         random_directions(model, 0, norm="weight")
     with pytest.raises(UserError, match="another model"):
         split_flat(model, ["0.weight"], np.zeros(5))
@@ -112,7 +112,7 @@ def test_unknown_source_and_bad_norm_are_user_errors():
 def test_the_options_and_the_resolver_refuse_a_source_alike(source):
     """One parser: what ``LandscapeSpec.validate`` refuses up front, the resolver refuses with the
     same message."""
-    with pytest.raises(UserError, match="--directions") as by_options:
+    with pytest.raises(UserError, match="directions = ") as by_options:
         LandscapeSpec(directions=source).validate()
     with pytest.raises(UserError) as by_resolver:
         directions_from_source(cnn(0), source, 2, 0)

@@ -64,7 +64,7 @@ def test_wrong_kind_or_range_is_a_user_error():
         plot_landscapes({"a": bowl(1.0, dim=1)}, kind="contour")
     with pytest.raises(UserError, match="use --kind contour"):
         plot_landscapes(SURFACES, kind="curve")
-    with pytest.raises(UserError, match="--kind"):
+    with pytest.raises(UserError, match="kind = scatter"):
         plot_landscapes(SURFACES, kind="scatter")
     with pytest.raises(UserError, match="below"):
         shared_range([np.ones(3)], log=False, zlim=(2.0, 1.0))

@@ -12,7 +12,6 @@ from functools import cache
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import pytest
 
 import alignsam_diag
 
@@ -25,20 +24,13 @@ ROOT = "alignsam_diag"
 LAYERS = [
     {"", "errors"},
     {"files", "memory", "progress", "registry"},
-    {"landscape_types"},  # types shared by the engine and the store
+    {"landscape_types", "spectrum_types"},  # result and option types shared by the engines and the store
     {"data", "models", "optim", "store"},
     {"analysis", "inputs", "train"},
     {"plots"},
 ]
 #: Imports the library must never make: the CLI and its libraries.
 CLI_ONLY = ("typer", "rich", "click", f"{ROOT}.cli")
-#: store modules that still import analysis/ for their result types, awaiting the move of
-#: issue 13 point 3 (-> what moves where). Strict: an entry that is no longer needed fails the
-#: tests, so that it is removed.
-AWAITING_MOVE = {
-    f"{ROOT}.store.spectrum": "Spectrum, SpectralDensity, TraceEstimate to a spectrum_types module; "
-                              "the store to exchange plain arrays for LanczosState",
-}
 
 
 def module_name(path: Path) -> str:
@@ -136,10 +128,7 @@ def test_every_part_of_the_library_has_a_layer():
 
 
 def test_imports_go_down_the_layers_only():
-    upward = upward_imports(import_graph())
-    waiting = {(m, t) for m, t in upward if m in AWAITING_MOVE and part(t) == "analysis"}
-    assert sorted(upward - waiting) == [], "an import goes up or sideways in LAYERS"
-    assert {m for m, _ in waiting} == set(AWAITING_MOVE), "remove the modules that moved from AWAITING_MOVE"
+    assert sorted(upward_imports(import_graph())) == [], "an import goes up or sideways in LAYERS"
 
 
 def test_the_module_import_graph_has_no_cycle():
@@ -180,11 +169,6 @@ def loaded_after_import(modules: list[str]) -> list[str]:
 STORE_MODULES = sorted(m for m in library_modules() if part(m) == "store")
 
 
-@pytest.mark.parametrize("modules", [
-    pytest.param([m for m in STORE_MODULES if m not in AWAITING_MOVE], id="store"),
-    *(pytest.param([m], marks=pytest.mark.xfail(strict=True, reason=f"awaiting the move: {why}"), id=m)
-      for m, why in AWAITING_MOVE.items()),
-])
-def test_importing_the_store_loads_no_analysis_module(modules):
-    """In a fresh interpreter (one for the store modules together, one for each awaiting move)."""
-    assert [m for m in loaded_after_import(modules) if part(m) == "analysis"] == []
+def test_importing_the_store_loads_no_analysis_module():
+    """In a fresh interpreter."""
+    assert [m for m in loaded_after_import(STORE_MODULES) if part(m) == "analysis"] == []

@@ -54,14 +54,14 @@ def test_a_hyperparameter_the_variant_does_not_take_is_an_error() -> None:
 
 
 @pytest.mark.parametrize("name,hyper,message", [
-    ("sam", {"rho": -0.1}, "--rho -0.1: must be at least 0"),
-    ("looksam", {"k": 0}, "--k 0: must be at least 1"),
-    ("lookbehind-sam", {"k": 2.5}, "--k 2.5: must be an integer"),
-    ("gsam", {"alpha": 1.5}, "--alpha 1.5: must be in"),
-    ("gsam", {"rho": 0.05, "rho_min": 0.1}, "--rho-min 0.1"),
-    ("vasso", {"theta": 2.0}, "--theta 2.0"),
-    ("fsam", {"lam": 1.5}, "--lam 1.5"),
-    ("asam", {"eta": -1.0}, "--eta -1.0"),
+    ("sam", {"rho": -0.1}, "rho = -0.1: must be at least 0"),
+    ("looksam", {"k": 0}, "k = 0: must be at least 1"),
+    ("lookbehind-sam", {"k": 2.5}, "k = 2.5: must be an integer"),
+    ("gsam", {"alpha": 1.5}, "alpha = 1.5: must be in"),
+    ("gsam", {"rho": 0.05, "rho_min": 0.1}, "rho_min = 0.1"),
+    ("vasso", {"theta": 2.0}, "theta = 2.0"),
+    ("fsam", {"lam": 1.5}, "lam = 1.5"),
+    ("asam", {"eta": -1.0}, "eta = -1.0"),
 ])
 def test_out_of_range_hyperparameters_are_errors(name: str, hyper: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):

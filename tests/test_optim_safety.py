@@ -83,11 +83,11 @@ def test_bf16_autocast_steps_like_float32(name: str) -> None:
 
 @pytest.mark.parametrize("name", MULTI_PASS)
 def test_fp16_is_refused_for_several_passes(name: str) -> None:
-    with pytest.raises(UserError, match="--amp bf16"):
+    with pytest.raises(UserError, match="use amp bf16"):
         optim.create(name, mlp().parameters(), lr=0.1, amp="fp16")
 
 
 def test_fp16_is_allowed_for_the_single_pass_base_optimizer() -> None:
     assert optim.create("sgd", mlp().parameters(), lr=0.1, amp="fp16").single_pass
-    with pytest.raises(UserError, match="--amp fp8"):
+    with pytest.raises(UserError, match="amp = fp8"):
         optim.create("sgd", mlp().parameters(), lr=0.1, amp="fp8")

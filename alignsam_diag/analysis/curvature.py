@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import OptionError, UserError
 from ..memory import Budget, budget_bytes, gib
 from ..progress import ProgressFn, report
 
@@ -81,7 +81,7 @@ def select_parameters(model: nn.Module, patterns: str | Sequence[str] | None) ->
                   if any(fnmatch.fnmatchcase(name, pat) for pat in patterns)}
     if not chosen:
         names = ", ".join(list(trainable)[:4])
-        raise UserError(f"--params {patterns}: no trainable parameter matches; names look like {names}, ...")
+        raise OptionError("params", patterns, f"no trainable parameter matches; names look like {names}, ...")
     return chosen
 
 

@@ -13,44 +13,25 @@ into a Gaussian of width ``sigma`` on a grid. The runs advance in lockstep, so o
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import OptionError
 from ..progress import ProgressFn, report
+from ..spectrum_types import SpectralDensity
 from .lanczos import LanczosState, LinearOperator
 from .trace import rademacher
-
-
-@dataclass
-class SpectralDensity:
-    """nodes, weights: (runs, steps) quadrature of each run (weights sum to 1 per row).
-    grid, density: (G,) eigenvalue abscissae and the Gaussian-broadened density (∫ = 1).
-    sigma: the Gaussian's standard deviation (eigenvalue units)."""
-
-    nodes: np.ndarray
-    weights: np.ndarray
-    grid: np.ndarray
-    density: np.ndarray
-    sigma: float
-    num_products: int
-    seconds: float
-
-    def moments(self) -> tuple[float, float]:
-        """Estimates of (1/P)·tr H and (1/P)·tr H² from the quadrature (exact per run)."""
-        return float(np.mean(np.sum(self.weights * self.nodes, axis=1))), \
-            float(np.mean(np.sum(self.weights * self.nodes ** 2, axis=1)))
 
 
 def quadrature(op: LinearOperator, steps: int = 80, runs: int = 4, seed: int = 0,
                progress: Optional[ProgressFn] = None) -> tuple[np.ndarray, np.ndarray]:
     """SLQ nodes and weights, each (runs, steps'), steps' = min(steps, P). Run r starts from
     ``rademacher(1, P, seed + r)``."""
-    if steps < 1 or runs < 1:
-        raise UserError(f"--density-steps {steps} / --density-runs {runs}: both must be at least 1.")
+    for option, value in (("steps", steps), ("runs", runs)):
+        if value < 1:
+            raise OptionError(option, value, "must be at least 1.")
     size = op.shape[0]
     steps = min(steps, size)
     states = [LanczosState.start(size, seed + r, op.device, first=rademacher(1, size, seed + r)[0])

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import OptionError, UserError
 from ..landscape_types import NORMS, parse_directions
 from ..store.landscape import read_landscape
 from ..store.spectrum import eigenvectors_of
@@ -131,7 +131,7 @@ def random_directions(model: nn.Module, seed: int, count: int = 2, norm: str = "
     architecture (SGD, SAM, Align-SAM checkpoints) get the same draws, each normalised to its
     own weights. Direction k uses the generator after directions 0..k-1 were drawn."""
     if norm not in NORMS:
-        raise UserError(f"--norm {norm}: choose one of {', '.join(NORMS)}.")
+        raise OptionError("norm", norm, f"choose one of {', '.join(NORMS)}.")
     generator = torch.Generator().manual_seed(seed)
     named = list(model.named_parameters())
     directions = []

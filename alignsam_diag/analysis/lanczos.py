@@ -31,9 +31,10 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import OptionError, UserError
 from ..memory import require_memory
 from ..progress import ProgressFn, report
+from ..spectrum_types import SavedLanczos, Spectrum
 
 WHICH: dict[str, str] = {"LM": "largest magnitude", "LA": "largest algebraic", "SA": "smallest algebraic"}
 BREAKDOWN = 1e-10  # a new direction shorter than this fraction of ‖Hq‖ means the Krylov space is exhausted
@@ -92,21 +93,22 @@ class LanczosState:
                    limit=size if limit is None else limit)
 
     @classmethod
-    def restore(cls, basis: torch.Tensor, coeffs: torch.Tensor, restarts: int, seed: int,
-                seconds: float, limit: int) -> "LanczosState":
-        """The state saved as ``basis`` (steps+1, P) and ``coeffs`` (steps+1, steps)."""
-        steps = basis.shape[0] - 1
+    def restore(cls, saved: SavedLanczos) -> "LanczosState":
+        """The state a file kept (:meth:`saved`), ready to continue."""
+        steps = saved.steps
         full = torch.zeros(steps + 1, steps + 1, dtype=torch.float64)
-        full[:, :steps] = coeffs
-        return cls(basis.to(torch.float64).clone(), full, steps, restarts, seed, seconds, limit)
+        full[:, :steps] = saved.coeffs
+        return cls(saved.basis.to(torch.float64).clone(), full, steps, saved.restarts, saved.seed, saved.seconds,
+                   saved.limit)
 
     @property
     def size(self) -> int:
         return self.basis.shape[1]
 
-    def saved_arrays(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(basis (steps+1, P), coeffs (steps+1, steps)): what :meth:`restore` needs."""
-        return self.basis[: self.steps + 1], self.coeffs[: self.steps + 1, : self.steps]
+    def saved(self) -> SavedLanczos:
+        """What a file keeps of the run (views, not copies): what :meth:`restore` needs."""
+        return SavedLanczos(self.basis[: self.steps + 1], self.coeffs[: self.steps + 1, : self.steps],
+                            self.restarts, self.seed, self.seconds, self.limit)
 
     def next_vector(self) -> torch.Tensor:
         return self.basis[self.steps]
@@ -167,27 +169,6 @@ class LanczosState:
         self.basis, self.coeffs = basis, coeffs
 
 
-@dataclass
-class Spectrum:
-    """Result of :func:`lanczos`.
-
-    eigenvalues: (k,) float64, ordered by ``which`` (LM: by |λ| descending, LA: descending,
-        SA: ascending). residuals: (k,) true ‖H v − λ v‖ of each returned pair.
-    eigenvectors: (k, P) float64 unit rows on the operator's device, or None.
-    num_products: Hessian-vector products used (over all sessions of a resumed run).
-    seconds: wall time (over all sessions). converged: every residual ≤ tol·|λ_max|.
-    """
-
-    eigenvalues: np.ndarray
-    residuals: np.ndarray
-    eigenvectors: Optional[torch.Tensor]
-    num_products: int
-    seconds: float
-    converged: bool
-    which: str
-    tol: float
-
-
 def select(theta: np.ndarray, which: str, k: int) -> np.ndarray:
     """Indices of the k wanted values of ``theta`` in ``which`` order."""
     key = {"LM": -np.abs(theta), "LA": -theta, "SA": theta}[which]
@@ -218,15 +199,15 @@ def check_options(k: int, which: str, tol: float, max_iter: int, size: Optional[
     operator's dimension, when known) or, given the ``device`` of a fresh run, when its float64
     basis of min(max_iter, size) + 1 vectors cannot fit there."""
     if which not in WHICH:
-        raise UserError(f"--which {which}: choose LM (largest magnitude), LA (largest) or SA (smallest).")
+        raise OptionError("which", which, "choose LM (largest magnitude), LA (largest) or SA (smallest).")
     if k < 1:
-        raise UserError(f"--k {k}: must be at least 1.")
+        raise OptionError("k", k, "must be at least 1.")
     if size is not None and k > size:
-        raise UserError(f"--k {k}: must be at most the number of parameters ({size}).")
+        raise OptionError("k", k, f"must be at most the number of parameters ({size}).")
     if max_iter < k:
-        raise UserError(f"--max-iter {max_iter}: must be at least --k ({k}).")
+        raise OptionError("max_iter", max_iter, f"must be at least {{k}} ({k}).", mentions=("k",))
     if not 0 < tol < math.inf:
-        raise UserError(f"--tol {tol}: must be a positive number.")
+        raise OptionError("tol", tol, "must be a positive number.")
     if size is not None and device is not None:
         rows = min(max_iter, size) + 1
         require_memory(rows * size * 8, f"a Lanczos basis of {rows} float64 vectors of {size:,} parameters",
@@ -234,7 +215,8 @@ def check_options(k: int, which: str, tol: float, max_iter: int, size: Optional[
 
 
 def lanczos(op: LinearOperator, k: int = 5, which: str = "LM", tol: float = 1e-3, max_iter: int = 100,
-            seed: int = 0, *, start: Optional[torch.Tensor] = None, state: Optional[LanczosState] = None,
+            seed: int = 0, *, start: Optional[torch.Tensor] = None,
+            state: Optional[LanczosState | SavedLanczos] = None,
             on_step: Optional[Callable[[LanczosState], None]] = None, eigenvectors: bool = False,
             progress: Optional[ProgressFn] = None) -> Spectrum:
     """The k eigenpairs of ``op`` wanted by ``which`` (LM | LA | SA).
@@ -243,11 +225,13 @@ def lanczos(op: LinearOperator, k: int = 5, which: str = "LM", tol: float = 1e-3
     or when the Krylov space is the whole space. ``start`` (P,) is the first Krylov vector
     (default: a Gaussian one drawn with ``seed``); a vector close to the wanted eigenvectors'
     span — e.g. the sum of eigenvectors of a subsample's Hessian, see :func:`warm_start` —
-    needs fewer products. ``state`` continues a saved run (same operator
-    and seed); ``on_step(state)`` is called after every product (save it there to make the run
+    needs fewer products. ``state`` continues a run (same operator and seed): a
+    :class:`LanczosState` or what a file kept of one (:class:`SavedLanczos`); ``on_step(state)`` is called after every product (save it there to make the run
     resumable; an exception raised there stops the run). ``progress`` gets task ``"lanczos"``.
     """
     size = op.shape[0]
+    if isinstance(state, SavedLanczos):
+        state = LanczosState.restore(state)
     check_options(k, which, tol, max_iter, size, op.device if state is None else None)
     limit = min(max_iter, size)
     if start is not None and start.shape != (size,):

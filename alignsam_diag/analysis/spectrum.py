@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from ..errors import OptionError, UserError
 from ..files import output_lock
 from ..memory import Budget, budget_bytes
 from ..progress import ProgressFn
@@ -75,14 +75,14 @@ class EigsOptions:
         check_options(self.k, self.which, self.tol, self.max_iter)
         budget_bytes(self.memory_budget)
         if self.backend not in BACKENDS:
-            raise UserError(f"--backend {self.backend}: choose ours or pyhessian.")
+            raise OptionError("backend", self.backend, "choose ours or pyhessian.")
         if self.backend == "pyhessian" and (self.params or self.which != "LM"):
             raise UserError("--backend pyhessian computes largest-magnitude eigenvalues of all parameters: "
                             "drop --params and --which.")
         if self.backend == "pyhessian" and self.start_vectors:
             raise UserError("--start-vectors starts our Lanczos; it does not apply to --backend pyhessian.")
         if self.trace is not None and self.trace not in TRACE_METHODS:
-            raise UserError(f"--trace-method {self.trace}: choose {' or '.join(TRACE_METHODS)}.")
+            raise OptionError("trace", self.trace, f"choose {' or '.join(TRACE_METHODS)}.")
 
     def stored(self) -> dict[str, Any]:
         """The options that determine the results (stored with them, compared on reruns)."""
@@ -116,9 +116,9 @@ def _start_vector(path: str, checkpoint: str, param_names: list[str]) -> torch.T
     file's only checkpoint), which must be over the same parameters as this run."""
     names, vectors = eigenvectors_of(path, checkpoint)
     if names != param_names:
-        raise UserError(f"--start-vectors {path}: its eigenvectors are over {len(names)} parameter tensors, this "
-                        f"run's over {len(param_names)} (or in another order); use an eigs file of the same "
-                        "architecture and --params.")
+        raise OptionError("start_vectors", path, f"its eigenvectors are over {len(names)} parameter tensors, "
+                          f"this run's over {len(param_names)} (or in another order); use an eigs file of the "
+                          "same architecture and {params}.", mentions=("params",))
     return warm_start(vectors)
 
 
@@ -157,7 +157,7 @@ def _analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[
         record = found or EigsRecord(str(checkpoint), wanted, op.param_names, op.shape[0], optimizer=optimizer)
 
         def save_progress(state: LanczosState) -> None:
-            record.state = state
+            record.state = state.saved()
             save_state(out, record)
 
         def save() -> None:
@@ -179,7 +179,8 @@ def _analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[
                                                         options.max_iter, options.seed)
             else:
                 record.spectrum = lanczos(op, options.k, options.which, options.tol, options.max_iter, options.seed,
-                                          start=start, state=record.state,
+                                          start=start,
+                                          state=record.state,
                                           on_step=save_progress if out is not None else None,
                                           eigenvectors=options.save_vectors, progress=progress)
             if not options.save_vectors:

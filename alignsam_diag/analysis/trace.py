@@ -12,27 +12,15 @@ Probes are applied in blocks with ``op.matmat`` (one data pass per block).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import OptionError
 from ..progress import ProgressFn, report
+from ..spectrum_types import TraceEstimate
 from .lanczos import LinearOperator
-
-
-@dataclass
-class TraceEstimate:
-    """tr(H) ≈ value ± stderr (one standard error), from ``num_products`` products in ``seconds``.
-    method: "hutchinson" or "hutch++"."""
-
-    value: float
-    stderr: float
-    num_products: int
-    seconds: float
-    method: str
 
 
 def rademacher(count: int, size: int, seed: int) -> torch.Tensor:
@@ -60,7 +48,7 @@ def hutchinson(op: LinearOperator, probes: int = 100, seed: int = 0, block: int 
                progress: Optional[ProgressFn] = None) -> TraceEstimate:
     """Hutchinson's estimate of tr(op) from ``probes`` Rademacher probes."""
     if probes < 2:
-        raise UserError(f"--trace-probes {probes}: need at least 2 probes for a standard error.")
+        raise OptionError("probes", probes, "need at least 2 probes for a standard error.")
     started = time.perf_counter()
     z = rademacher(probes, op.shape[0], seed).to(op.device)
     quad = (z * apply_in_blocks(op, z, block, progress)).sum(dim=1)
@@ -74,7 +62,7 @@ def hutch_plus_plus(op: LinearOperator, products: int = 99, seed: int = 0, block
     largest one not above ``products``), with the standard error of its Hutchinson part."""
     third = products // 3
     if third < 2:
-        raise UserError(f"--trace-probes {products}: Hutch++ needs at least 6 products.")
+        raise OptionError("products", products, "Hutch++ needs at least 6 products.")
     started = time.perf_counter()
     size = op.shape[0]
     sketch = rademacher(third, size, seed).to(op.device)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import OptionError, UserError
 from .sources import RawData, RawSplit, load_source
 
 
@@ -43,11 +43,11 @@ class DataSpec:
     def validate(self) -> None:
         """Raise a one-line :class:`UserError` for the first invalid field."""
         if not 0 <= self.seed < 2 ** 63:
-            raise UserError(f"--seed {self.seed}: must be a whole number between 0 and 2**63 - 1.")
+            raise OptionError("seed", self.seed, "must be a whole number between 0 and 2**63 - 1.")
         if not 0.0 <= self.label_noise <= 1.0:
-            raise UserError(f"--label-noise {self.label_noise}: must be a fraction between 0 and 1.")
+            raise OptionError("label_noise", self.label_noise, "must be a fraction between 0 and 1.")
         if self.subset is not None and self.subset < 1:
-            raise UserError(f"--subset {self.subset}: must be at least 1.")
+            raise OptionError("subset", self.subset, "must be at least 1.")
 
     def to_dict(self) -> dict[str, Any]:
         """The stored form: every field but ``download``."""
@@ -112,7 +112,7 @@ def subset_indices(n: int, size: int, seed: int) -> torch.Tensor:
 
     The same (n, size, seed) always gives the same samples, on any device."""
     if not 0 < size <= n:
-        raise UserError(f"--subset {size}: must be between 1 and the training set size {n}.")
+        raise OptionError("subset", size, f"must be between 1 and the training set size {n}.")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[:size].sort().values
 
@@ -121,7 +121,7 @@ def flip_labels(y: np.ndarray, rate: float, num_classes: int, seed: int) -> np.n
     """Symmetric label noise: exactly round(rate·N) labels, chosen by ``seed``, each moved to
     a uniformly drawn *different* class. Returns a new array."""
     if not 0.0 <= rate <= 1.0:
-        raise UserError(f"--label-noise {rate}: must be a fraction between 0 and 1.")
+        raise OptionError("label_noise", rate, "must be a fraction between 0 and 1.")
     rng = np.random.default_rng(seed)
     flipped = y.copy()
     chosen = rng.choice(len(y), size=round(rate * len(y)), replace=False)
@@ -178,5 +178,5 @@ def fixed_batches(ds: ArrayDataset, batch_size: int) -> list[tuple[torch.Tensor,
     """``ds`` cut into consecutive batches in its stored order (the last may be smaller);
     no augmentation. For analyses that need a fixed data order."""
     if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be at least 1.")
+        raise OptionError("batch_size", batch_size, "must be at least 1.")
     return [(ds.x[i:i + batch_size], ds.y[i:i + batch_size]) for i in range(0, len(ds), batch_size)]

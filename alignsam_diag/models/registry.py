@@ -25,7 +25,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ..errors import UserError
+from ..errors import OptionError, UserError
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -130,10 +130,10 @@ def _import_factory(path: str) -> ModelFactory:
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as err:
-        raise UserError(f"--arch {path}: cannot import {attr!r} from {module_name!r} ({err}); "
-                        "give package.module:factory on your PYTHONPATH.") from None
+        raise OptionError("arch", path, f"cannot import {attr!r} from {module_name!r} ({err}); "
+                          "give package.module:factory on your PYTHONPATH.") from None
     if not callable(factory):
-        raise UserError(f"--arch {path}: {attr!r} is a {type(factory).__name__}, not a function or class.")
+        raise OptionError("arch", path, f"{attr!r} is a {type(factory).__name__}, not a function or class.")
     return factory
 
 
@@ -183,7 +183,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
     from torch import nn
 
     if spec.num_classes < 1:
-        raise UserError(f"--num-classes {spec.num_classes}: a classifier needs at least 1 class.")
+        raise OptionError("num_classes", spec.num_classes, "a classifier needs at least 1 class.")
     factory = resolve_factory(spec.arch)
     arguments = factory_arguments(factory, spec)
     failed = f"--arch {spec.arch} with --arch-kwargs {spec.kwargs}"

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from ..errors import UserError
+from ..errors import OptionError
 from .base import SharpnessAware
 from .variants import OPTIMIZERS
 
@@ -26,9 +26,9 @@ def create(name: str, params: Any, base: str = "sgd", *, lr: float, momentum: fl
     """
     variant = OPTIMIZERS.get(name)
     if amp not in AMP_MODES:
-        raise UserError(f"--amp {amp}: choose bf16 or fp16 (or leave it off).")
+        raise OptionError("amp", amp, "choose bf16 or fp16 (or leave it off).")
     if amp == "fp16" and not variant.single_pass:
-        raise UserError(f"--amp fp16 does not work with {name}: a GradScaler cannot unscale the gradients of "
-                        f"its several passes per step; use --amp bf16.")
+        raise OptionError("amp", amp, f"does not work with {name}: a GradScaler cannot unscale the gradients "
+                          "of its several passes per step; use {amp} bf16.", mentions=("amp",))
     return variant.load()(params, base=base, lr=lr, momentum=momentum, weight_decay=weight_decay,
                           nesterov=nesterov, model=model, **hyper)

@@ -20,7 +20,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
-from ..errors import UserError
+from ..errors import OptionError, UserError
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -72,13 +72,13 @@ class Hyper:
             return bool(value)
         if self.kind is int:
             if isinstance(value, bool) or not float(value).is_integer():
-                raise UserError(f"{self.flag} {value}: must be an integer.")
+                raise OptionError(self.name, value, "must be an integer.")
             value = int(value)
         low, high = self.low, self.high if high is None else high
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = (f"in [{low}, {high}]" if low is not None and high is not None else
                       f"at least {low}" if low is not None else f"at most {high}")
-            raise UserError(f"{self.flag} {value}: must be {bounds}.")
+            raise OptionError(self.name, value, f"must be {bounds}.")
         return value
 
 

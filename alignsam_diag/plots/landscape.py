@@ -24,7 +24,7 @@ from matplotlib.colors import Colormap, LinearSegmentedColormap, LogNorm, Normal
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..errors import UserError
+from ..errors import OptionError, UserError
 from ..landscape_types import Surface
 from .style import colours
 
@@ -105,9 +105,9 @@ def plot_landscapes(surfaces: Mapping[str, Surface], kind: str = "contour", metr
     to the range). optimizers: each surface's optimizer name, in order, for the colours of
     titles and curves (:func:`alignsam_diag.plots.style.colours`)."""
     if kind not in KINDS:
-        raise UserError(f"--kind {kind}: choose one of {', '.join(KINDS)}.")
+        raise OptionError("kind", kind, f"choose one of {', '.join(KINDS)}.")
     if metric not in METRICS:
-        raise UserError(f"--metric {metric}: choose loss or acc.")
+        raise OptionError("metric", metric, "choose loss or acc.")
     dims = {s.grid.dim for s in surfaces.values()}
     if dims != ({1} if kind == "curve" else {2}):
         hint = "use --kind contour, contourf, heatmap or surface" if kind == "curve" else "use --kind curve"

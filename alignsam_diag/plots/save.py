@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from ..errors import UserError
+from ..errors import OptionError, UserError
 from ..files import atomic_write, check_writable
 
 if TYPE_CHECKING:
@@ -44,8 +44,8 @@ def names_a_file(out: str | os.PathLike) -> bool:
     out = Path(out)
     suffix = out.suffix[1:].lower()
     if suffix in OTHER_IMAGES:
-        raise UserError(f"--out {out}: figures are written as .png or .pdf; end the name in one of them "
-                        f"(for example {out.with_suffix('.pdf')}), or give a folder.")
+        raise OptionError("out", out, "figures are written as .png or .pdf; end the name in one of them "
+                          f"(for example {out.with_suffix('.pdf')}), or give a folder.")
     return suffix in FORMATS
 
 
@@ -64,7 +64,7 @@ def figure_path(out: str | os.PathLike, default_stem: str, fmt: Optional[str] = 
     png). A ``fmt`` that is not png/pdf, or that contradicts the file name's, is a :class:`UserError`."""
     out = Path(out)
     if fmt is not None and fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: choose png or pdf.")
+        raise OptionError("fmt", fmt, "choose png or pdf.")
     check_figure_out(out)
     if not names_a_file(out):
         path = out / f"{default_stem}.{fmt or 'png'}"

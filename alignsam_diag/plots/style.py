@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..errors import UserError
+from ..errors import OptionError, UserError
 
 # One colour per registered optimizer (alignsam_diag.optim.OPTIMIZERS); tab10-like, none grey.
 PALETTE: dict[str, str] = {
@@ -70,5 +70,5 @@ def parse_labels(text: Optional[str], runs: Sequence[str]) -> Optional[list[str]
         raise UserError(f"--labels gives {len(labels)} label(s) for {len(runs)} run(s) ({', '.join(runs)}); "
                         "give one per run, comma-separated, in the same order.")
     if "" in labels or len(set(labels)) < len(labels):
-        raise UserError(f"--labels {text}: every label must be non-empty and different from the others.")
+        raise OptionError("labels", text, "every label must be non-empty and different from the others.")
     return labels

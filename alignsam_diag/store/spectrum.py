@@ -46,11 +46,9 @@ import h5py
 import numpy as np
 import torch
 
-from ..analysis.density import SpectralDensity
-from ..analysis.lanczos import LanczosState, Spectrum
-from ..analysis.trace import TraceEstimate
 from ..errors import UserError
 from ..files import DISK_FULL, DiskFullError
+from ..spectrum_types import SavedLanczos, SpectralDensity, Spectrum, TraceEstimate
 from .h5io import atomic_h5, open_h5
 
 KIND = "eigs"
@@ -72,7 +70,7 @@ class EigsRecord:
     param_names: list[str]
     num_parameters: int
     spectrum: Optional[Spectrum] = None
-    state: Optional[LanczosState] = None
+    state: Optional[SavedLanczos] = None
     trace: Optional[TraceEstimate] = None
     density: Optional[SpectralDensity] = None
     optimizer: Optional[str] = None
@@ -130,14 +128,14 @@ def save_state(path: str | os.PathLike, record: EigsRecord) -> None:
     write_record(path, record)
 
 
-def _continues(saved: h5py.Group, state: LanczosState) -> bool:
+def _continues(saved: h5py.Group, state: SavedLanczos) -> bool:
     """Whether ``state`` continues the run stored in ``saved`` and fits in its reserved rows."""
     rows, size = saved["basis"].shape
     return (size == state.size and int(saved.attrs["seed"]) == state.seed
             and int(saved.attrs["steps"]) <= state.steps < rows)
 
 
-def _append(f: h5py.File, saved: h5py.Group, state: LanczosState) -> None:
+def _append(f: h5py.File, saved: h5py.Group, state: SavedLanczos) -> None:
     """Write the products ``state`` has beyond the committed ones into their reserved rows, make
     them durable, then commit them by overwriting ``steps`` (and ``restarts``, ``seconds``) in place."""
     committed = int(saved.attrs["steps"])
@@ -151,7 +149,7 @@ def _append(f: h5py.File, saved: h5py.Group, state: LanczosState) -> None:
     f.flush()
 
 
-def _create_state(g: h5py.Group, state: LanczosState) -> None:
+def _create_state(g: h5py.Group, state: SavedLanczos) -> None:
     """``lanczos_state`` with rows for ``state.limit`` products reserved (allocated now, written
     never, so sparse on disk), holding the state's rows and attributes."""
     rows = max(state.limit, state.steps, 1) + 1
@@ -165,10 +163,10 @@ def _create_state(g: h5py.Group, state: LanczosState) -> None:
     saved.attrs.update(steps=state.steps, restarts=state.restarts, seed=state.seed, seconds=state.seconds)
 
 
-def _write_rows(saved: h5py.Group, state: LanczosState, first: int) -> None:
+def _write_rows(saved: h5py.Group, state: SavedLanczos, first: int) -> None:
     """Basis rows ``first`` … steps and coefficient rows ``first`` − 1 … steps − 1 (whole rows,
     zero-padded, so that no reserved byte is ever read unwritten)."""
-    basis, coeffs = state.saved_arrays()
+    basis, coeffs = state.basis, state.coeffs
     saved["basis"][first: state.steps + 1] = basis[first:].cpu().numpy()
     start = max(first - 1, 0)
     if start < state.steps:
@@ -233,9 +231,9 @@ def _read_group(g: h5py.Group, device: torch.device | str) -> EigsRecord:
         s = g["lanczos_state"]
         steps = int(s.attrs["steps"])  # the committed products: later rows may be half-written
         coeffs = np.ascontiguousarray(s["coeffs"][:steps, : steps + 1].T)
-        record.state = LanczosState.restore(torch.from_numpy(s["basis"][: steps + 1]).to(device),
-                                            torch.from_numpy(coeffs), int(s.attrs["restarts"]), int(s.attrs["seed"]),
-                                            float(s.attrs["seconds"]), limit=s["basis"].shape[0] - 1)
+        record.state = SavedLanczos(torch.from_numpy(s["basis"][: steps + 1]).to(device), torch.from_numpy(coeffs),
+                                    int(s.attrs["restarts"]), int(s.attrs["seed"]), float(s.attrs["seconds"]),
+                                    limit=s["basis"].shape[0] - 1)
     if "trace" in g:
         a = g["trace"].attrs
         record.trace = TraceEstimate(float(a["value"]), float(a["stderr"]), int(a["hvps"]), float(a["seconds"]),
