@@ -114,3 +114,21 @@ def test_budgets_as_text(monkeypatch):
         with pytest.raises(UserError, match="memory_budget = ") as caught:
             memory.budget_bytes(bad)
         assert "\n" not in str(caught.value)
+
+
+def test_forced_kept_graphs_that_cannot_fit_are_refused_before_they_allocate(tmp_path):
+    """2,000 images of 64×64 through 512 channels: tens of GB of kept graphs (measured on a batch
+    of 4), more than this machine has; --keep-graph is refused with what it would need, and the
+    automatic choice rebuilds graphs instead."""
+    from conftest import assert_one_clear_line, invoke
+    from alignsam_diag.models import ModelSpec, build_model
+    from alignsam_diag.models.checkpoint import save_checkpoint
+    from alignsam_diag.memory import available_bytes
+
+    spec = ModelSpec("cnn-small", 10, 1, 64, {"width": 512})
+    save_checkpoint(tmp_path / "wide.pt", {"state_dict": build_model(spec).state_dict(), "model": spec.to_dict()})
+    np.savez(tmp_path / "big.npz", x=np.zeros((2000, 1, 64, 64), np.float32), y=np.arange(2000) % 10)
+    args = ["eigs", tmp_path / "wide.pt", "--dataset", f"npz:{tmp_path / 'big.npz'}", "--full", "--batch-size", "4",
+            "--k", "1", "--max-iter", "1", "--device", "cpu", "--quiet"]
+    assert 2000 * 20 * 2 ** 20 > available_bytes()  # the premise: ≥ 20 MiB per sample cannot fit here
+    assert_one_clear_line(invoke(*args, "--keep-graph"), "kept graphs of 2,000 samples would need")

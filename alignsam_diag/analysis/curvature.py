@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import OptionError, UserError
-from ..memory import Budget, budget_bytes, gib
+from ..memory import Budget, budget_bytes, gib, require_memory
 from ..progress import ProgressFn, report
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -202,6 +202,10 @@ class HessianOperator:
         allowed = budget_bytes(budget, self.device)
         grads, measured = self._measured_graph()
         estimate = math.ceil(measured * self.num_samples / len(self.batches[0][1]))
+        if keep_graph:  # forced: refused, before it allocates, when it cannot fit at all
+            require_memory(estimate, f"kept graphs of {self.num_samples:,} samples",
+                           "drop --keep-graph (graphs are then rebuilt per product) or use fewer --samples",
+                           self.device)
         self.keep_graph = estimate <= allowed if keep_graph is None else keep_graph
         self._graphs = [grads] if self.keep_graph else None
         return GraphPlan(self.keep_graph, estimate, allowed, forced=keep_graph is not None)
