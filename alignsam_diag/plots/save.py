@@ -65,14 +65,14 @@ def figure_path(out: str | os.PathLike, default_stem: str, fmt: Optional[str] = 
     out = Path(out)
     if fmt is not None and fmt not in FORMATS:
         raise OptionError("fmt", fmt, "choose png or pdf.")
-    check_figure_out(out)
     if not names_a_file(out):
         path = out / f"{default_stem}.{fmt or 'png'}"
-        check_figure_path(path)
-        return path
-    if fmt is not None and figure_format(out) != fmt:
+    elif fmt is not None and figure_format(out) != fmt:
         raise UserError(f"--format {fmt} contradicts --out {out}; give one of the two.")
-    return out
+    else:
+        path = out
+    check_writable(path)
+    return path
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
