@@ -15,6 +15,12 @@ class UserError(Exception):
     """Something the user can fix. ``str(err)`` says what is wrong and what to do."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message (its type's name when it has none), to quote the cause
+    of a failure inside a one-line :class:`UserError`."""
+    return (str(err).splitlines() or [type(err).__name__])[0]
+
+
 class DivergedError(UserError):
     """The loss became NaN or infinite."""
 

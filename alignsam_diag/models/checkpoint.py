@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..files import atomic_write
 from .registry import ModelSpec, build_model, is_import_path
 
@@ -185,10 +185,6 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None
         torch.save({"format": FORMAT, "version": __version__, **payload}, fh)
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).splitlines() or [type(err).__name__])[0]
-
-
 def _folder_hint(folder: Path) -> Path:
     """A checkpoint inside ``folder`` to suggest (its ``last.pt`` when there is one)."""
     found = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file())
@@ -228,7 +224,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return dict(load_file(str(path)))
     except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable safetensors file ({_first_line(err)}); "
+        raise UserError(f"{path}: not a readable safetensors file ({first_line(err)}); "
                         "it may be truncated: write or download it again.") from None
 
 
@@ -263,7 +259,7 @@ def read_object(path: str | os.PathLike, trust: bool = False) -> Any:
         raise UserError(damaged) from None
     except (ImportError, AttributeError) as err:  # trusted pickles name classes to import
         raise UserError(f"{path}: the pickled objects need code that cannot be imported here "
-                        f"({_first_line(err)}); put the module that defines them on PYTHONPATH.") from None
+                        f"({first_line(err)}); put the module that defines them on PYTHONPATH.") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AssertionError):
         raise UserError(damaged) from None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 
 @torch.no_grad()
@@ -19,7 +19,7 @@ def check_model_takes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: 
     try:
         out = model.eval()(x[:2])
     except (RuntimeError, ValueError) as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        reason = first_line(err)
         raise UserError(f"{name}: the model cannot take these samples (each {shape}): {reason}; {hint}.") from None
     finally:
         model.train(was_training)

@@ -25,7 +25,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ..errors import OptionError, UserError
+from ..errors import OptionError, UserError, first_line
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
             warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
             model = factory(**arguments)
     except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        reason = first_line(err)
         raise UserError(f"{failed}: the model cannot be built ({reason}); check --arch-kwargs.") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"--arch {spec.arch}: the factory returned {type(model).__name__}, not a torch.nn.Module.")

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping
 import h5py
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..files import atomic_write
 
 
@@ -71,6 +71,6 @@ def open_h5(path: str | os.PathLike, kind: str | None = None, writer: str = "") 
         try:
             yield f
         except (KeyError, ValueError, TypeError, IndexError) as err:
-            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            reason = first_line(err)
             raise UserError(f"{path}: damaged or not written by this version of alignsam-diag ({reason}); "
                             "rerun the command that wrote it.") from None
