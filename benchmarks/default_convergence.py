@@ -2,12 +2,14 @@
 
 Trains every registered architecture with SGD, SAM and Align-SAM on digits and on a seeded
 Fashion-MNIST subset with nothing but the defaults (lr 0.1, momentum 0.9, batch 128, one warm-up
-epoch, cosine decay, the variants' default ρ/λ/|B^a|), and records the first epoch's mean train
-loss against chance (ln 10 = 2.303) and the last epoch's test accuracy. Epoch 1 is the warm-up,
-identical for any epoch count, so a short run says how the default run starts. The table is
-rewritten after every run, so a long sweep can be stopped and read at any time.
+epoch, cosine decay, the variants' default ρ/λ/|B^a|, the models' default stems), and records
+the first epoch's mean train loss against chance (ln 10 = 2.303) and the last epoch's test
+accuracy. Epoch 1 is the warm-up, identical for any epoch count, so a short run says how the
+default run starts; ``--epochs 10`` is the default run itself. The table is rewritten after
+every run, so a long sweep can be stopped and read at any time.
 
-    python benchmarks/default_convergence.py --device cpu --epochs 2 --fmnist-subset 5000
+    python benchmarks/default_convergence.py --device cpu --datasets digits --epochs 10
+    python benchmarks/default_convergence.py --device cpu --datasets fashion-mnist --epochs 2 --fmnist-subset 2000
 """
 
 from __future__ import annotations

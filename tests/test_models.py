@@ -29,6 +29,44 @@ def test_named_models_follow_the_data(arch, in_channels, size):
         assert model(torch.randn(2, in_channels, size, size)).shape == (2, 7)
 
 
+TORCHVISION = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b2", "efficientnet_b3",
+               "efficientnet_b4")
+
+
+@pytest.mark.parametrize("arch", TORCHVISION)
+def test_torchvision_models_take_digits_and_fashion_mnist_by_default(arch):
+    # under 32 px the default is the small stem: densenet121's ImageNet stem cannot take 8×8 at all
+    for size in (8, 28):
+        model = build_model(ModelSpec(arch, num_classes=10, in_channels=1, image_size=size)).eval()
+        with torch.no_grad():
+            assert model(torch.randn(2, 1, size, size)).shape == (2, 10)
+    stems = {"resnet": lambda m: m.conv1, "densenet": lambda m: m.features.conv0,
+             "efficientnet": lambda m: m.features[0][0]}
+    stem = next(get for prefix, get in stems.items() if arch.startswith(prefix))
+    assert stem(build_model(ModelSpec(arch, 10, 1, 28))).stride == (1, 1)
+    assert stem(build_model(ModelSpec(arch, 10, 3, 32))).stride == (2, 2)  # CIFAR/ImageNet: torchvision's stem
+    assert stem(build_model(ModelSpec(arch, 10, 3, 32, {"small_input": True}))).stride == (1, 1)
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "efficientnet_b2"])
+def test_residual_blocks_start_as_the_identity(arch):
+    # Zero-initialised residual branches: a block's output equals its input at initialisation, so
+    # the deep networks start trainable at lr 0.1 (ResNet-50 and EfficientNet began at loss 6-20).
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(arch, num_classes=10, in_channels=3, image_size=32)).eval()
+    if arch == "resnet50":
+        block, x = model.layer1[1], torch.randn(2, 256, 8, 8).relu()  # the ReLU after the sum keeps x ≥ 0
+    else:
+        block = next(b for b in model.modules() if type(b).__name__ == "MBConv" and b.use_res_connect)
+        x = torch.randn(2, block.block[0][0].in_channels, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), x)
+        if arch.startswith("efficientnet"):  # the classifier starts at zero: uniform predictions, loss ln 10
+            logits = model(torch.randn(4, 3, 32, 32))
+            torch.testing.assert_close(torch.nn.functional.cross_entropy(logits, torch.arange(4)),
+                                       torch.tensor(2.302585), rtol=1e-6, atol=1e-6)
+
+
 def test_every_registered_name_builds():
     # WRN-28-10 and the large torchvision models are only built, not run, to keep the suite fast.
     for name in MODELS:
