@@ -16,6 +16,7 @@ from alignsam_diag import __version__
 from . import eigs as eigs_cmd
 from . import figures, inspect_cmd, train
 from . import landscape as landscape_cmd
+from . import sweep as sweep_cmd
 from .common import debug_mode, handle_errors
 
 COMMANDS: dict[str, Callable[..., Any]] = {
@@ -23,6 +24,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "inspect": inspect_cmd.inspect,
     "eigs": eigs_cmd.eigs,
     "landscape": landscape_cmd.landscape,
+    "sweep": sweep_cmd.sweep,
 }
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

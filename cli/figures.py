@@ -15,6 +15,7 @@ from .common import handle_errors
 from .figures_common import FigureFormat, FigureOut, Labels
 from .figures_landscape import landscape_figure
 from .figures_spectrum import density
+from .figures_sweep import aux_batch, lambda_figure
 
 
 def _history_file(run: Path) -> Path:
@@ -50,6 +51,8 @@ SUBCOMMANDS: dict[str, Callable[..., Any]] = {
     "history": history,
     "landscape": landscape_figure,
     "density": density,
+    "lambda": lambda_figure,
+    "aux-batch": aux_batch,
 }
 
 app = typer.Typer(no_args_is_help=True, help="Figures and tables from stored HDF5 results.")

@@ -27,7 +27,7 @@ LAYERS = [
     {"landscape_types", "spectrum_types"},  # result and option types shared by the engines and the store
     {"data", "models", "optim", "store"},
     {"analysis", "inputs", "train"},
-    {"plots"},
+    {"plots", "sweep"},
 ]
 #: Imports the library must never make: the CLI and its libraries.
 CLI_ONLY = ("typer", "rich", "click", f"{ROOT}.cli")
