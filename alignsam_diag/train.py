@@ -12,7 +12,8 @@ Checkpoints are :class:`~alignsam_diag.models.checkpoint.Checkpoint` records (wr
 :meth:`Run.save`, read back by :func:`resume`). They record the settings as resolved, defaults
 written out (:meth:`TrainConfig.resolved` and the ``optimizer`` entry: every hyper-parameter of
 the variant, |B^a|, the base optimizer's settings, the schedule with its warm-up), so a later
-change of a default does not change what a stored run was or how it resumes.
+change of a default does not change what a stored run was or how it resumes. With ``track_*`` set,
+the loop also logs gradient alignment and λ_max into ``history.h5``, changing nothing (:mod:`.analysis.tracking`).
 
 Randomness is keyed by (seed, epoch): the epoch's sample order, the auxiliary-batch order and
 the augmentation draws come from generators seeded from those two numbers, so a run resumed
@@ -21,6 +22,7 @@ from the checkpoint at the end of epoch e replays epoch e+1 exactly as an uninte
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -33,6 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import optim
+from .analysis.alignment import default_aux_batch_size
+from .analysis.tracking import Tracking
 from .data import ArrayDataset, DataSpec, DataSplits, fixed_batches, load_data
 from .data.augment import pad_crop_flip
 from .errors import DivergedError, OptionError, UserError
@@ -67,6 +71,9 @@ class TrainConfig:
     amp: Optional[str] = None
     save_every: int = 0
     eval_batch_size: int = 1024
+    track_cosine_every: int = 0  # log cosine_b, cosine_a, change every N steps (0: off)
+    track_sharpness_every: int = 0  # log λ_max of the Hessian every N steps (0: off) ...
+    track_samples: int = 1024  # ... on this many fixed training samples
 
     def validate(self) -> None:
         """Raise a :class:`UserError` naming the first invalid option."""
@@ -79,6 +86,9 @@ class TrainConfig:
             ("weight_decay", self.weight_decay >= 0, "must be non-negative."),
             ("warmup_epochs", self.warmup_epochs >= 0, "must be non-negative."),
             ("save_every", self.save_every >= 0, "must be non-negative."),
+            *((name, getattr(self, name) >= 0, "must be non-negative.")
+              for name in ("track_cosine_every", "track_sharpness_every")),
+            ("track_samples", self.track_samples >= 1, "must be at least 1."),
             ("amp", self.amp in (None, "bf16"), "only bf16 autocast is supported (fp16 would need a GradScaler, "
                                                 "which cannot unscale the several passes of SAM-family steps); "
                                                 "use {amp} bf16."),
@@ -127,11 +137,6 @@ class TrainResult:
     metrics: dict[str, float]
     history: dict[str, list[float]]
     run_dir: Path
-
-
-def default_aux_batch_size(batch_size: int) -> int:
-    """|B^a| when none is given: |B^t|/4, the paper's setting (at least 1)."""
-    return max(1, batch_size // 4)
 
 
 def schedule_settings(config: TrainConfig, steps_per_epoch: int) -> dict[str, Any]:
@@ -243,6 +248,9 @@ class Run:
         self.schedule = schedule_settings(config, math.ceil(len(self.data.train) / config.batch_size))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_schedule(self.schedule["total_steps"], self.schedule["warmup_steps"]))
+        self.tracking = Tracking(self.model, self.optimizer, self.data.train, config.track_cosine_every,
+                                 config.track_sharpness_every, config.track_samples, config.seed,
+                                 config.eval_batch_size, self.schedule["steps_per_epoch"])
         self.epoch, self.step = 0, 0
         self.history: dict[str, list[float]] = {k: [] for k in COLUMNS}
 
@@ -275,6 +283,7 @@ class Run:
         self.scheduler.load_state_dict(ckpt.scheduler_state)
         self.epoch, self.step = int(ckpt.epoch), int(ckpt.step)
         self.history = {k: list(ckpt.history[k]) for k in COLUMNS}
+        self.tracking.restore(self.run_dir / "history.h5", self.step)
         torch.set_rng_state(ckpt.rng["torch"])
         if self.device.type == "cuda" and ckpt.rng["cuda"]:
             torch.cuda.set_rng_state_all(ckpt.rng["cuda"])
@@ -289,12 +298,10 @@ class Run:
         seen, start, last_report = 0, time.perf_counter(), 0.0
         for i, (x, y) in enumerate(stream.train_batches()):
             first: list[torch.Tensor] = []
-            aux: list[tuple[torch.Tensor, torch.Tensor]] = []  # one B^a per step, drawn on first use
+            draw_aux = functools.cache(stream.aux_batch)  # one B^a per step, drawn on first use
 
             def closure(which: str = "train") -> torch.Tensor:
-                if which == "aux" and not aux:
-                    aux.append(stream.aux_batch())
-                bx, by = (x, y) if which == "train" else aux[0]
+                bx, by = (x, y) if which == "train" else draw_aux()
                 with _autocast(cfg.amp, bx.device):
                     out = model(bx)
                     loss = F.cross_entropy(out.float(), by)
@@ -304,7 +311,7 @@ class Run:
                 loss.backward()
                 return loss
 
-            self.optimizer.step(closure)
+            self.tracking.step(self.step, closure, draw_aux)
             self.scheduler.step()
             self.step += 1
             loss_sum += first[0].double() * len(y)
@@ -342,7 +349,8 @@ class Run:
                    "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds}
             for k, v in row.items():
                 self.history[k].append(float(v))
-            report(progress, "epoch", self.epoch, cfg.epochs, log=True, **{k: v for k, v in row.items() if k != "epoch"})
+            report(progress, "epoch", self.epoch, cfg.epochs, log=True,
+                   **{k: v for k, v in row.items() if k != "epoch"}, **self.tracking.latest())
             self.save()
         return TrainResult({k: v[-1] for k, v in self.history.items() if v}, self.history, self.run_dir)
 
@@ -353,7 +361,7 @@ class Run:
             if self.config.save_every and self.epoch % self.config.save_every == 0:
                 checkpoint.save(self.run_dir / f"epoch_{self.epoch:03d}.pt")
             checkpoint.save(self.run_dir / "last.pt")
-            write_history(self.run_dir / "history.h5", self.history, self.config.to_dict())
+            write_history(self.run_dir / "history.h5", self.history, self.config.to_dict(), self.tracking.logs())
         except DiskFullError as err:
             rerun = "rerun with --resume" if (self.run_dir / "last.pt").exists() else "rerun the same command"
             raise DiskFullError(err.path, err.reason, rerun) from None

@@ -13,6 +13,7 @@ import typer
 
 from alignsam_diag import __version__
 
+from . import cosine as cosine_cmd
 from . import eigs as eigs_cmd
 from . import figures, inspect_cmd, train
 from . import landscape as landscape_cmd
@@ -24,6 +25,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "inspect": inspect_cmd.inspect,
     "eigs": eigs_cmd.eigs,
     "landscape": landscape_cmd.landscape,
+    "cosine": cosine_cmd.cosine,
     "sweep": sweep_cmd.sweep,
 }
 

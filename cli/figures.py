@@ -13,6 +13,7 @@ from alignsam_diag.plots.style import default_labels, parse_labels
 
 from .common import handle_errors
 from .figures_common import FigureFormat, FigureOut, Labels
+from .figures_cosine import cosine_figure, sharpness_figure
 from .figures_landscape import landscape_figure
 from .figures_spectrum import density
 from .figures_sweep import aux_batch, lambda_figure
@@ -51,6 +52,8 @@ SUBCOMMANDS: dict[str, Callable[..., Any]] = {
     "history": history,
     "landscape": landscape_figure,
     "density": density,
+    "cosine": cosine_figure,
+    "sharpness": sharpness_figure,
     "lambda": lambda_figure,
     "aux-batch": aux_batch,
 }

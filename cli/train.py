@@ -35,7 +35,9 @@ STORED_AS = {
     "augment": "data.augment", "seed": "seed", "arch": "arch", "arch_kwargs": "arch_kwargs",
     "optimizer": "optimizer", "base": "base", "batch_size": "batch_size", "aux_batch_size": "aux_batch_size",
     "lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs",
-    "amp": "amp", "save_every": "save_every", **{name: f"hyper.{name}" for name in HYPER},
+    "amp": "amp", "save_every": "save_every", "track_cosine_every": "track_cosine_every",
+    "track_sharpness_every": "track_sharpness_every", "track_samples": "track_samples",
+    **{name: f"hyper.{name}" for name in HYPER},
 }
 # Options that are not part of the stored run: runtime choices, and --epochs, which may extend it.
 NOT_STORED = ("download", "device", "out", "resume", "json_out", "quiet", "epochs")
@@ -99,6 +101,15 @@ def train(
     resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from last.pt, with its stored options "
                                                  "(giving a different one is an error; --epochs may extend).")] = False,
     save_every: Annotated[int, Opt("--save-every", help="Also keep epoch_NNN.pt every N epochs (0: only last.pt).")] = 0,
+    track_cosine_every: Annotated[int, Opt(
+        "--track-cosine-every", help="Log cosine_b, cosine_a and change (the paper's Figure 1) every N steps into "
+                                     "history.h5 (0: off); SGD and SAM runs draw an auxiliary batch as Align-SAM "
+                                     "does, for the measurement only. Training is unchanged.")] = 0,
+    track_sharpness_every: Annotated[int, Opt(
+        "--track-sharpness-every", help="Log λ_max of the Hessian on --track-samples fixed training samples every N "
+                                        "steps into history.h5, with the lr (0: off). Training is unchanged.")] = 0,
+    track_samples: Annotated[int, Opt("--track-samples", help="Training samples (seeded by --seed) of the tracked "
+                                                              "Hessian.")] = 1024,
     json_out: Json = False,
     quiet: Quiet = False,
     **hyper: Any,
@@ -115,7 +126,8 @@ def train(
         arch=arch, arch_kwargs=parse_json_object(arch_kwargs, "--arch-kwargs"), optimizer=optimizer,
         base=base, hyper={name: value for name, value in hyper.items() if value is not None}, epochs=epochs, batch_size=batch_size, aux_batch_size=aux_batch_size,
         lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs, seed=seed,
-        amp=amp, save_every=save_every)
+        amp=amp, save_every=save_every, track_cosine_every=track_cosine_every,
+        track_sharpness_every=track_sharpness_every, track_samples=track_samples)
     target = resolve_device(device)
     with progress_display(quiet) as progress:
         if resume:

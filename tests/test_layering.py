@@ -26,7 +26,8 @@ LAYERS = [
     {"files", "memory", "progress", "registry"},
     {"landscape_types", "spectrum_types"},  # result and option types shared by the engines and the store
     {"data", "models", "optim", "store"},
-    {"analysis", "inputs", "train"},
+    {"analysis", "inputs"},
+    {"train"},  # calls analysis.tracking every step
     {"plots", "sweep"},
 ]
 #: Imports the library must never make: the CLI and its libraries.
