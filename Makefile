@@ -15,7 +15,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 install: $(PY)
-	$(PY) -m pip install -q $(TORCH) -e .
+	$(PY) -m pip install -q $(TORCH) -e '.[corruptions]'
 
 install-test: $(PY)
 	$(PY) -m pip install -q $(TORCH) -e '.[test]'

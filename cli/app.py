@@ -17,6 +17,7 @@ from . import cosine as cosine_cmd
 from . import eigs as eigs_cmd
 from . import figures, inspect_cmd, train
 from . import landscape as landscape_cmd
+from . import robustness as robustness_cmd
 from . import sweep as sweep_cmd
 from .common import debug_mode, handle_errors
 
@@ -25,6 +26,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "inspect": inspect_cmd.inspect,
     "eigs": eigs_cmd.eigs,
     "landscape": landscape_cmd.landscape,
+    "robustness": robustness_cmd.robustness,
     "cosine": cosine_cmd.cosine,
     "sweep": sweep_cmd.sweep,
 }

@@ -15,6 +15,7 @@ from .common import handle_errors
 from .figures_common import FigureFormat, FigureOut, Labels
 from .figures_cosine import cosine_figure, sharpness_figure
 from .figures_landscape import landscape_figure
+from .figures_robustness import robustness_table
 from .figures_spectrum import density
 from .figures_sweep import aux_batch, lambda_figure
 
@@ -54,6 +55,7 @@ SUBCOMMANDS: dict[str, Callable[..., Any]] = {
     "density": density,
     "cosine": cosine_figure,
     "sharpness": sharpness_figure,
+    "robustness": robustness_table,
     "lambda": lambda_figure,
     "aux-batch": aux_batch,
 }
