@@ -18,6 +18,7 @@ from . import eigs as eigs_cmd
 from . import figures, inspect_cmd, train
 from . import landscape as landscape_cmd
 from . import robustness as robustness_cmd
+from . import sharpness as sharpness_cmd
 from . import sweep as sweep_cmd
 from .common import debug_mode, handle_errors
 
@@ -29,6 +30,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "robustness": robustness_cmd.robustness,
     "cosine": cosine_cmd.cosine,
     "sweep": sweep_cmd.sweep,
+    "sharpness": sharpness_cmd.sharpness,
 }
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

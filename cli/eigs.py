@@ -51,6 +51,7 @@ def as_json(r: EigsRecord) -> dict[str, Any]:
         "checkpoint": r.checkpoint, "eigenvalues": s.eigenvalues.tolist(), "residuals": s.residuals.tolist(),
         "hvps": s.num_products, "seconds": s.seconds, "converged": s.converged, "which": s.which, "tol": s.tol,
         "num_parameters": r.num_parameters, "samples": r.options["samples"], "graphs": r.graphs,
+        "curvature": r.options.get("curvature", "hessian"),
     }
     if r.trace is not None:
         out["trace"] = {"value": r.trace.value, "stderr": r.trace.stderr, "hvps": r.trace.num_products,
@@ -98,6 +99,9 @@ def eigs(
     start_vectors: Annotated[Optional[Path], Opt(
         "--start-vectors", help="Start Lanczos from the eigenvectors in this eigs file (--save-vectors), e.g. of "
                                 "--samples 4096: fewer products with --full.")] = None,
+    curvature: Annotated[str, Opt("--curvature", help="hessian | ggn (the generalised Gauss-Newton matrix "
+                                                      "JᵀH_ℓJ: positive semi-definite, products without a second "
+                                                      "backward).")] = "hessian",
     backend: Annotated[str, Opt("--backend", help="ours | pyhessian (PyHessian's power iteration, "
                                                   "for comparison with published values).")] = "ours",
     dataset: Dataset = None,
@@ -120,7 +124,7 @@ def eigs(
     options = EigsOptions(k, which, tol, max_iter, seed, params, backend, save_vectors,
                           trace_method if trace else None, trace_probes, density, density_steps, density_runs,
                           str(start_vectors) if start_vectors else None, keep_graph=keep_graph,
-                          memory_budget=memory_budget)
+                          memory_budget=memory_budget, curvature=curvature)
     options.validate()
     if (save_vectors or density) and out is None:
         raise UserError("--save-vectors and --density store their results: give --out FILE.h5.")

@@ -16,6 +16,7 @@ from .figures_common import FigureFormat, FigureOut, Labels
 from .figures_cosine import cosine_figure, sharpness_figure
 from .figures_landscape import landscape_figure
 from .figures_robustness import robustness_table
+from .figures_sharpness_radius import sharpness_radius
 from .figures_spectrum import density
 from .figures_sweep import aux_batch, lambda_figure
 
@@ -58,6 +59,7 @@ SUBCOMMANDS: dict[str, Callable[..., Any]] = {
     "robustness": robustness_table,
     "lambda": lambda_figure,
     "aux-batch": aux_batch,
+    "sharpness-radius": sharpness_radius,
 }
 
 app = typer.Typer(no_args_is_help=True, help="Figures and tables from stored HDF5 results.")

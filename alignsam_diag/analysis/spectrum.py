@@ -1,5 +1,6 @@
 """The ``eigs`` analysis of one model: top-k eigenvalues, optionally trace and spectral density,
-stored in an eigs HDF5 file part by part so that an interrupted run continues where it stopped.
+of the Hessian or of the generalised Gauss-Newton matrix (``curvature``, :mod:`.ggn`), stored in
+an eigs HDF5 file part by part so that an interrupted run continues where it stopped.
 
 The Lanczos state is saved after every product (in place, only the new basis row: see
 :func:`alignsam_diag.store.spectrum.save_state`); the spectrum, the trace and the density are
@@ -30,6 +31,7 @@ from ..progress import ProgressFn
 from ..store.spectrum import EigsRecord, eigenvectors_of, read_records, save_state, write_record
 from .curvature import Batch, GraphPlan, HessianOperator
 from .density import spectral_density
+from .ggn import CURVATURES
 from .lanczos import LanczosState, check_options, lanczos, warm_start
 from .pyhessian_backend import pyhessian_eigenvalues
 from .trace import TRACE_METHODS
@@ -42,8 +44,9 @@ SPEED_ONLY = ("keep_graph", "memory_budget")  # options that change how products
 class EigsOptions:
     """Settings of one eigs analysis (the Lanczos ones are described in :func:`.lanczos.lanczos`).
 
-    params: parameter-name patterns (None: all). backend: "ours" or "pyhessian" (its power
-    iteration; no parameter subsets, not resumable). trace: "hutch++", "hutchinson" or None.
+    params: parameter-name patterns (None: all). curvature: "hessian" or "ggn" (the generalised
+    Gauss-Newton matrix, :class:`.ggn.GaussNewtonOperator`). backend: "ours" or "pyhessian" (its
+    power iteration of the Hessian; no parameter subsets, not resumable). trace: "hutch++", "hutchinson" or None.
     density: SLQ with ``density_runs`` runs of ``density_steps`` products. start_vectors: an eigs
     file with eigenvectors (``--save-vectors``) of the same parameters, e.g. of a subsample's
     Hessian, whose sum starts Lanczos (see :func:`.lanczos.warm_start`). keep_graph: force the
@@ -69,6 +72,7 @@ class EigsOptions:
     start_vectors: Optional[str] = None
     keep_graph: Optional[bool] = None
     memory_budget: Budget = None
+    curvature: str = "hessian"
 
     def validate(self) -> None:
         """Raise a one-line :class:`UserError` for the first invalid option."""
@@ -79,6 +83,10 @@ class EigsOptions:
         if self.backend == "pyhessian" and (self.params or self.which != "LM"):
             raise UserError("--backend pyhessian computes largest-magnitude eigenvalues of all parameters: "
                             "drop --params and --which.")
+        if self.curvature not in CURVATURES:
+            raise OptionError("curvature", self.curvature, f"choose {' or '.join(CURVATURES)}.")
+        if self.backend == "pyhessian" and self.curvature != "hessian":
+            raise UserError("--backend pyhessian computes Hessian eigenvalues only: drop --curvature ggn.")
         if self.backend == "pyhessian" and self.start_vectors:
             raise UserError("--start-vectors starts our Lanczos; it does not apply to --backend pyhessian.")
         if self.trace is not None and self.trace not in TRACE_METHODS:
@@ -150,10 +158,12 @@ def _analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[
     wanted = {**options.stored(), **data}
     device = next(model.parameters()).device  # where a saved Lanczos basis goes
     found = read_records(out, device).get(str(checkpoint)) if out is not None and Path(out).exists() else None
+    if found is not None:
+        found.options = {"curvature": "hessian", **found.options}  # files from before --curvature hold Hessians
     if found is not None and found.options != wanted:
         raise UserError(f"{out} already holds results for {checkpoint} made with other settings "
                         f"({', '.join(_differences(found.options, wanted))}); choose another --out or delete it.")
-    with HessianOperator(model, F.cross_entropy, batches, options.params, progress=progress) as op:
+    with CURVATURES[options.curvature](model, F.cross_entropy, batches, options.params, progress=progress) as op:
         record = found or EigsRecord(str(checkpoint), wanted, op.param_names, op.shape[0], optimizer=optimizer)
 
         def save_progress(state: LanczosState) -> None:
