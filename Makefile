@@ -9,7 +9,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 PY      = $(VENV)/bin/python
 
-.PHONY: demo test install install-test fashion-mnist
+.PHONY: demo gallery test install install-test fashion-mnist
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ fashion-mnist:
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 
 demo: install
-	$(VENV)/bin/alignsam-diag train --dataset digits --arch cnn-small --epochs 15 --batch-size 64 --lr 0.05 --device cpu --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+	$(VENV)/bin/alignsam-diag demo --out demo-output
+
+# The README's gallery: the demo's figures, copied as committed PNGs (run after `make demo`).
+gallery:
+	mkdir -p docs/gallery
+	cp demo-output/figures/*.png docs/gallery/
 
 test: install-test fashion-mnist
 	$(PY) -m pytest

@@ -66,8 +66,9 @@ def main() -> None:
                     [[r["arch"], r["dataset"], r["optimizer"], f"{r['first_loss']:.3f}",
                       "yes" if r["first_loss"] < CHANCE else "NO", f"{100 * r['test_acc']:.1f}", f"{r['seconds']:.0f}"]
                      for r in rows])
-                note = (f"Defaults only; {args.epochs} epochs; Fashion-MNIST: {args.fmnist_subset} seeded training "
-                        f"samples, the full test set. Chance: loss {CHANCE:.3f}, accuracy 10 %.")
+                fmnist = (f" Fashion-MNIST: {args.fmnist_subset} seeded training samples, the full test set."
+                          if "fashion-mnist" in datasets else "")
+                note = f"Defaults only; {args.epochs} epochs.{fmnist} Chance: loss {CHANCE:.3f}, accuracy 10 %."
                 path = write_results(args.name, device, rows, table, note)
                 print(f"{arch} {name} {optimizer}: first loss {row['first_loss']:.3f}, "
                       f"test acc {row['test_acc']:.3f} -> {path}", flush=True)

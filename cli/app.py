@@ -14,6 +14,7 @@ import typer
 from alignsam_diag import __version__
 
 from . import cosine as cosine_cmd
+from . import demo as demo_cmd
 from . import eigs as eigs_cmd
 from . import figures, inspect_cmd, train
 from . import landscape as landscape_cmd
@@ -31,6 +32,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "cosine": cosine_cmd.cosine,
     "sweep": sweep_cmd.sweep,
     "sharpness": sharpness_cmd.sharpness,
+    "demo": demo_cmd.demo,
 }
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

@@ -23,23 +23,6 @@ if TYPE_CHECKING:
 Opt = typer.Option
 
 
-def table10(records: list[EigsRecord], k: int) -> str:
-    """One row per checkpoint: λ1, λ1/λ2 … λ1/λk (paper Table 10), products, seconds, trace."""
-    with_trace = any(r.trace is not None for r in records)
-    header = ["checkpoint", "λ1"] + [f"λ1/λ{i}" for i in range(2, k + 1)] + ["HVPs", "seconds"]
-    header += ["trace ± s.e."] if with_trace else []
-    rows = []
-    for r in records:
-        s = r.spectrum
-        cells = [r.checkpoint, f"{s.eigenvalues[0]:.4g}"]
-        cells += [f"{s.eigenvalues[0] / v:.3g}" if v != 0 else "inf" for v in s.eigenvalues[1:]]
-        cells += [str(s.num_products), f"{s.seconds:.1f}" + ("" if s.converged else " (not converged)")]
-        cells += [f"{r.trace.value:.4g} ± {r.trace.stderr:.2g}" if r.trace else "-"] if with_trace else []
-        rows.append(cells)
-    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows)
-
-
 def say_plan(plan: GraphPlan) -> None:
     """One line on stderr: how the products are made and why (the kept graphs' estimate)."""
     typer.echo(f"eigs: {plan.describe()}", err=True)
@@ -143,4 +126,7 @@ def eigs(
     if json_out:
         print_json([as_json(r) for r in records])
     else:
-        typer.echo(table10(records, k))
+        from alignsam_diag.plots.spectrum_table import table10
+        from alignsam_diag.plots.tables import to_text
+
+        typer.echo(to_text(table10(records)))

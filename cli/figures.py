@@ -12,6 +12,7 @@ from alignsam_diag.plots.save import figure_path, save_figure
 from alignsam_diag.plots.style import default_labels, parse_labels
 
 from .common import handle_errors
+from .figures_all import figures_all
 from .figures_common import FigureFormat, FigureOut, Labels
 from .figures_cosine import cosine_figure, sharpness_figure
 from .figures_landscape import landscape_figure
@@ -51,6 +52,7 @@ def history(
 
 
 SUBCOMMANDS: dict[str, Callable[..., Any]] = {
+    "all": figures_all,
     "history": history,
     "landscape": landscape_figure,
     "density": density,

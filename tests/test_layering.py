@@ -29,6 +29,7 @@ LAYERS = [
     {"analysis", "inputs"},
     {"train"},  # calls analysis.tracking every step
     {"plots", "sweep"},
+    {"demo"},  # the main job: runs every stage
 ]
 #: Imports the library must never make: the CLI and its libraries.
 CLI_ONLY = ("typer", "rich", "click", f"{ROOT}.cli")

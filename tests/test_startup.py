@@ -30,3 +30,27 @@ def test_help_and_version_import_nothing_heavy(args, cli_env):
     loaded = set(json.loads(done.stderr.strip().splitlines()[-1]))
     assert "typer" in loaded and not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
     assert "Usage" in done.stdout or "alignsam-diag" in done.stdout
+
+
+EVERY_HELP = """
+import json, sys
+import typer
+from cli.app import app
+root = typer.main.get_command(app)
+names = [[name] for name, c in root.commands.items() if not hasattr(c, "commands")]
+names += [[name, sub] for name, c in root.commands.items() if hasattr(c, "commands") for sub in c.commands]
+for args in names:
+    try:
+        app([*args, "--help"], standalone_mode=False)
+    except SystemExit:
+        pass
+print(json.dumps([len(names), sorted({m.split('.')[0] for m in sys.modules})]), file=sys.stderr)
+"""
+
+
+def test_no_command_or_figures_subcommand_imports_anything_heavy_for_help(cli_env):
+    done = subprocess.run([sys.executable, "-c", EVERY_HELP], env=cli_env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    count, loaded = json.loads(done.stderr.strip().splitlines()[-1])
+    assert count >= 19 and not set(loaded) & set(HEAVY), sorted(set(loaded) & set(HEAVY))

@@ -95,6 +95,13 @@ def to_latex(table: Table) -> str:
                       *body, r"\end{table}"]) + "\n"
 
 
+def to_text(table: Table) -> str:
+    """The table as aligned plain-text columns for a terminal (no caption); no trailing newline."""
+    lines = [[_markdown_cell(c) for c in row] for row in [table.header, *table.rows]]
+    widths = [max(len(row[i]) for row in lines) for i in range(len(table.header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines)
+
+
 def write_tables(table: Table, stem: str | os.PathLike) -> list[Path]:
     """Write ``stem``.md and ``stem``.tex (each atomically); return their paths."""
     stem = Path(stem)
