@@ -120,7 +120,7 @@ from alignsam_diag.optim.variants import OPTIMIZERS, Hyper, Variant
 OPTIMIZERS.register("toy-sam")(Variant("toy-sam", "a toy", (Hyper("beta", 0.3, "the toy's beta", low=0.0),), "sam:SAM"))
 from typer.testing import CliRunner
 from cli.app import app
-print(CliRunner().invoke(app, ["train", "--help"], terminal_width=200).stdout)
+print(CliRunner().invoke(app, ["train", "--help"], terminal_width=200, env={"COLUMNS": "200"}).stdout)
 """
 
 

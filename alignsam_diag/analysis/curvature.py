@@ -198,7 +198,9 @@ class HessianOperator:
         The estimate is the bytes of the tensors that batch 0's forward and first backward save
         for later backwards, each storage once, plus its gradient — the parameters, buffers and
         the batch itself exist anyway and are not counted — times N / n_0 (samples over batch
-        0's samples)."""
+        0's samples). The saved-tensor hooks of the measurement leave that graph in a reference
+        cycle that Python cannot collect, so a caller that builds operators over and over (the
+        training-time tracker) plans once and passes ``keep_graph`` to the later ones."""
         allowed = budget_bytes(budget, self.device)
         grads, measured = self._measured_graph()
         estimate = math.ceil(measured * self.num_samples / len(self.batches[0][1]))
