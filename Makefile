@@ -27,10 +27,9 @@ fashion-mnist:
 demo: install
 	$(VENV)/bin/alignsam-diag demo --out demo-output
 
-# The README's gallery: the demo's figures, copied as committed PNGs (run after `make demo`).
+# The README's gallery: the demo's figures as committed palette PNGs (run after `make demo`).
 gallery:
-	mkdir -p docs/gallery
-	cp demo-output/figures/*.png docs/gallery/
+	$(PY) docs/gallery.py demo-output/figures
 
 test: install-test fashion-mnist
 	$(PY) -m pytest

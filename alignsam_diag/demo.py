@@ -139,13 +139,13 @@ def _train(ctx: DemoContext) -> None:
 
 
 def _lambda_sweep(ctx: DemoContext) -> None:
-    from .sweep import build_spec, run_sweep
+    from .sweep import SweepSpec, run_sweep
 
     s = ctx.settings
     base = {"data.name": s.dataset, "data.subset": s.subset, "arch": s.arch, "epochs": s.sweep_epochs,
-            "batch_size": s.batch_size, "lr": s.lr, "seed": s.seed, "optimizer": "align-sam"}
-    spec = build_spec(sets=[f"hyper.lam={','.join(str(v) for v in s.lams)}"],
-                      base={k: v for k, v in base.items() if v is not None}, base_source="the demo")
+            "batch_size": s.batch_size, "lr": s.lr, "seed": s.seed}
+    grids = [{"optimizer": ["align-sam"], "hyper.lam": list(s.lams)}, {"optimizer": ["sam"]}]  # SAM: the baseline
+    spec = SweepSpec({k: v for k, v in base.items() if v is not None}, grids)
     run_sweep(spec, ctx.out / "lambda", ctx.device, ctx.progress)
 
 
