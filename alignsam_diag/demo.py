@@ -261,7 +261,7 @@ def run_demo(out: str | Path, settings: DemoSettings, device: str | torch.device
             if state["stages"].get(stage.name) == wanted:
                 skipped.append(stage.name)
                 continue
-            report(progress, "demo", i, len(STAGES), log=True, stage=stage.name)
+            report(progress, "demo", i, len(STAGES), log=True, stage=stage.name, what=stage.what)
             start = time.perf_counter()
             stage.run(ctx)
             ctx.seconds[stage.name] = time.perf_counter() - start
