@@ -40,8 +40,9 @@ def table(records: list[CosineRecord]) -> str:
     header = ["checkpoint", "epoch", "step of", "lr", *SHOWN]
     rows = [[r.checkpoint, "-" if r.epoch is None else str(r.epoch), r.settings["optimizer"], f"{r.settings['lr']:.4g}",
              *(f"{r.mean(q):+.4f} ± {r.std(q):.4f}" for q in SHOWN)] for r in records]
-    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows)
+    from alignsam_diag.plots.tables import aligned
+
+    return aligned([header] + rows)
 
 
 def cosine(

@@ -83,8 +83,9 @@ def table(reports: list[SharpnessReport], measures: list[str], rhos: list[float]
                 eigs = report.eigs
                 cells += [f"{eigs.lambda_max:.4g}", f"{eigs.trace:.4g} ± {eigs.trace_stderr:.2g}"] if eigs else ["-", "-"]
             lines.append(cells)
-    widths = [max(len(row[i]) for row in [header] + lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header] + lines)
+    from alignsam_diag.plots.tables import aligned
+
+    return aligned([header] + lines)
 
 
 def _describe(options: SharpnessOptions, reports: list[SharpnessReport], split: str) -> str:

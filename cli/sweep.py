@@ -46,9 +46,9 @@ def runs_table(result: SweepResult) -> str:
                 f"{r.total_seconds:.3g}"]
 
     header = ["run", "status", "epochs", "test acc (%)", "s/epoch", "total s"]
-    rows = [header] + [row(r) for r in result.summary.records]
-    widths = [max(len(cells[i]) for cells in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(cells, widths)).rstrip() for cells in rows)
+    from alignsam_diag.plots.tables import aligned
+
+    return aligned([header] + [row(r) for r in result.summary.records])
 
 
 def run_json(r: SweepRecord) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 from ..analysis.robustness import SuiteSummary
 from ..store.landscape import group_names
 from .style import default_labels
+from .tables import aligned
 
 ORDER = ("imagenet", "imagenet-r", "imagenet-c", "cifar10-c", "cifar100-c")
 NAMES = {"imagenet": "ImageNet", "imagenet-r": "ImageNet-R", "imagenet-c": "ImageNet-C", "cifar10-c": "CIFAR-10-C",
@@ -98,9 +99,7 @@ def _labelled_columns(table: Table) -> list[str]:
 
 def render_text(table: Table) -> str:
     """Aligned plain-text columns, headed like :func:`render_markdown`, notes below."""
-    lines = [_labelled_columns(table), *table.rows]
-    widths = [max(len(row[i]) for row in lines) for i in range(len(table.columns))]
-    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines)
+    text = aligned([_labelled_columns(table), *table.rows])
     return text + "".join(f"\n{note}" for note in table.notes)
 
 

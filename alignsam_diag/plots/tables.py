@@ -95,11 +95,16 @@ def to_latex(table: Table) -> str:
                       *body, r"\end{table}"]) + "\n"
 
 
+def aligned(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of text cells (the header first) as columns padded to their widest cell, two spaces
+    apart, trailing spaces dropped; no trailing newline."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
 def to_text(table: Table) -> str:
     """The table as aligned plain-text columns for a terminal (no caption); no trailing newline."""
-    lines = [[_markdown_cell(c) for c in row] for row in [table.header, *table.rows]]
-    widths = [max(len(row[i]) for row in lines) for i in range(len(table.header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines)
+    return aligned([[_markdown_cell(c) for c in row] for row in [table.header, *table.rows]])
 
 
 def write_tables(table: Table, stem: str | os.PathLike) -> list[Path]:
