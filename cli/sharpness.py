@@ -128,8 +128,8 @@ def sharpness(
     steps: Annotated[int, Opt("--steps", help="Gradient ascent steps per restart (worst case).")] = 20,
     restarts: Annotated[int, Opt("--restarts", help="Random restarts per group (worst case; the best counts).")] = 1,
     draws: Annotated[int, Opt("--draws", help="Random perturbations per group (average case).")] = 20,
-    draws_per_pass: Annotated[str, Opt("--draws-per-pass", help="Draws evaluated per forward pass (vmap); auto "
-                                                                "times the choices.")] = "auto",
+    draws_per_pass: Annotated[str, Opt("--draws-per-pass", help="Draws evaluated per forward pass (vmap); auto: "
+                                                                "1 on the CPU, timed on CUDA.")] = "auto",
     seed: Seed = 0,
     bn: Annotated[str, Opt("--bn", help="eval: BatchNorm uses its stored statistics; train: the statistics of "
                                         "each forward chunk (min(m, --batch-size) samples), the stored ones "

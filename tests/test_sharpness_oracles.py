@@ -265,8 +265,14 @@ def test_the_model_is_restored_after_an_error(cnn):
     ([(1, 20.0)], 1),  # one pass long enough to fill the device
 ])
 def test_draws_per_pass_is_chosen_from_the_timed_blocks(timings, chosen):
-    plan = DrawsPerPass(None, torch.device("cpu"), long_forward_s=10.0)
+    plan = DrawsPerPass(None, torch.device("cpu"), long_forward_s=10.0, trial=True)
     for k, seconds in timings:
         assert plan.next() == k
         plan._record(k, seconds)
     assert plan.chosen == chosen and plan.next() == chosen
+
+
+def test_on_the_cpu_draws_go_one_per_pass_without_a_trial():
+    assert DrawsPerPass(None, torch.device("cpu")).next() == 1
+    assert DrawsPerPass(None, torch.device("cpu")).chosen == 1
+    assert DrawsPerPass(4, torch.device("cpu")).next() == 4  # asked for: as asked

@@ -7,10 +7,11 @@ with its standard error over the draws.
 small ρ the ℓ2 value is ½ρ²·tr(H) + O(ρ⁴) whatever the gradient (DESIGN §10).
 
 K draws are evaluated in one forward pass per chunk through ``torch.func.functional_call`` +
-``vmap`` when that is faster than K passes (small models, whose single pass does not fill the
-device). :class:`DrawsPerPass` decides it from the first group's own draws, evaluated in blocks
-of 1, 2, 1, 8, 1 and timed: no pass is spent on timing alone, and each K is compared with the
-single passes timed next to it, so that a busy moment of a shared machine does not decide.
+``vmap`` when that is faster than K passes (small models on a GPU, whose single pass does not
+fill the device). On CUDA :class:`DrawsPerPass` decides it from the first group's own draws,
+evaluated in blocks of 1, 2, 1, 8, 1 and timed: no pass is spent on timing alone, and each K is
+compared with the single passes timed next to it, so that a busy moment of a shared machine does
+not decide. On the CPU, where batching draws never paid, it evaluates one draw per pass.
 """
 
 from __future__ import annotations
@@ -35,15 +36,21 @@ class DrawsPerPass:
     """How many draws to evaluate per forward pass: ``fixed`` when given, else chosen from timed
     blocks of real draws (:data:`TRIAL` sizes, then the fastest K per draw — a K > 1 only when it
     takes at most ``gain`` × the time per draw of the single passes around it). The trial goes on
-    to a larger K only while the last one paid so (on a CPU, batching a CNN's draws costs 2-4×
-    per draw: one block of 2 is all it spends finding out), and stops at 1 when a single pass
-    lasts longer than ``long_forward_s`` or a K cannot run (``vmap`` refuses the model, memory)."""
+    to a larger K only while the last one paid so, and stops at 1 when a single pass lasts longer
+    than ``long_forward_s`` or a K cannot run (``vmap`` refuses the model, memory).
+
+    ``trial`` None: on CUDA only. On the CPU batching draws never paid (8 draws per pass cost
+    1.1–1.5× eight single passes for an MLP and ``cnn-small``, 1.5–4× for larger CNNs), so there
+    it takes 1 at once instead of spending the trial's slow blocks finding that out.
+    """
 
     TRIAL = (1, 2, 1, 8, 1)
 
     def __init__(self, fixed: Optional[int], device: torch.device, long_forward_s: float = 0.05,
-                 gain: float = 0.9) -> None:
-        self.chosen, self.device, self.long_forward_s, self.gain = fixed, device, long_forward_s, gain
+                 gain: float = 0.9, trial: Optional[bool] = None) -> None:
+        trial = device.type == "cuda" if trial is None else trial
+        self.chosen = fixed if fixed is not None or trial else 1
+        self.device, self.long_forward_s, self.gain = device, long_forward_s, gain
         self.fixed = fixed is not None
         self.timed: list[tuple[int, float]] = []  # (K, seconds per draw) of the trial blocks so far
 
