@@ -18,6 +18,15 @@ the loop also logs gradient alignment and λ_max into ``history.h5``, changing n
 Randomness is keyed by (seed, epoch): the epoch's sample order, the auxiliary-batch order and
 the augmentation draws come from generators seeded from those two numbers, so a run resumed
 from the checkpoint at the end of epoch e replays epoch e+1 exactly as an uninterrupted run.
+
+Under ``torchrun --nproc_per_node W`` the same loop runs on every rank, as
+:mod:`.train_distributed` describes: ``batch_size`` and ``aux_batch_size`` are global (each rank
+takes its block of every global batch of the same seeded order, and |B^a|/W auxiliary samples
+from its own stream), the model is wrapped in ``DistributedDataParallel``, the test set is
+evaluated in blocks, and only rank 0 locks the folder and writes checkpoints and history. The
+auxiliary order, the augmentation draws and (W > 1 only) the global torch RNG are keyed by rank
+too; rank 0's keys are those of a single process. The checkpoint records the spread under
+``optimizer.distributed`` (W > 1 only); a run may resume on another number of ranks.
 """
 
 from __future__ import annotations
@@ -34,18 +43,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import optim
+from . import distributed, optim
 from .analysis.alignment import default_aux_batch_size
 from .analysis.tracking import Tracking
 from .data import ArrayDataset, DataSpec, DataSplits, fixed_batches, load_data
 from .data.augment import pad_crop_flip
+from .distributed import Group
 from .errors import DivergedError, OptionError, UserError
-from .files import DiskFullError, output_lock
+from .files import DiskFullError
 from .models import ModelSpec, build_model
 from .models.checkpoint import Checkpoint, NewerFormatError, check_stored_arch
 from .models.probe import check_model_takes
 from .progress import ProgressFn, report
 from .store.history import COLUMNS, write_history
+from .train_distributed import (DOING, check_world, main_rank_folder, main_rank_only, rank_loss, record, reseed,
+                                sync_buffers, wrap)
 
 
 @dataclass
@@ -151,10 +163,21 @@ def schedule_settings(config: TrainConfig, steps_per_epoch: int) -> dict[str, An
             "steps_per_epoch": steps_per_epoch}
 
 
-def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    """A CPU generator for one (seed, epoch, stream); streams: 0 order, 1 aux order,
-    2 train augmentation, 3 aux augmentation."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 4 + stream) % (2 ** 63))
+#: Added once per rank to a stream's key (odd, so the W keys of a stream differ).
+RANK_STRIDE = 0x9E3779B97F4A7C15
+#: Mixed into the key of the global torch RNG's epoch seed (W > 1), apart from the streams.
+GLOBAL_RNG = 0x2545F4914F6CDD1D
+
+
+def epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
+    """The seed of one (seed, epoch, stream) on ``rank``; streams: 0 order, 1 aux order,
+    2 train augmentation, 3 aux augmentation. Rank 0's seeds are a single process's."""
+    return (((seed * 1_000_003 + epoch) * 4 + stream) + rank * RANK_STRIDE) % (2 ** 63)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int, rank: int = 0) -> torch.Generator:
+    """A CPU generator seeded with :func:`epoch_seed`."""
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch, stream, rank))
 
 
 def cosine_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -168,19 +191,21 @@ def cosine_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], floa
 
 
 class BatchStream:
-    """The batches of one epoch: train batches in a seeded order and, on request, auxiliary
-    batches drawn from their own seeded order, independent of the train batches."""
+    """The batches of one epoch on one rank of ``group``: its block of each global train batch
+    of a seeded order (the same on every rank) and, on request, auxiliary batches of
+    |B^a|/W samples drawn from its own seeded order, independent of the train batches."""
 
-    def __init__(self, data: ArrayDataset, config: TrainConfig, epoch: int, augment: bool) -> None:
-        self.data, self.augment = data, augment
-        n = len(data)
+    def __init__(self, data: ArrayDataset, config: TrainConfig, epoch: int, augment: bool,
+                 group: Group = Group()) -> None:
+        self.data, self.augment, self.group = data, augment, group
+        n, rank = len(data), group.rank
         self.order = torch.randperm(n, generator=epoch_generator(config.seed, epoch, 0)).to(data.y.device)
         self.batch_size = config.batch_size
-        self.aux_size = config.aux_batch_size or default_aux_batch_size(config.batch_size)
-        self.aux_gen = epoch_generator(config.seed, epoch, 1)
+        self.aux_size = (config.aux_batch_size or default_aux_batch_size(config.batch_size)) // group.world_size
+        self.aux_gen = epoch_generator(config.seed, epoch, 1, rank)
         self.aux_order = torch.empty(0, dtype=torch.long)
-        self.train_aug = epoch_generator(config.seed, epoch, 2)
-        self.aux_aug = epoch_generator(config.seed, epoch, 3)
+        self.train_aug = epoch_generator(config.seed, epoch, 2, rank)
+        self.aux_aug = epoch_generator(config.seed, epoch, 3, rank)
 
     def __len__(self) -> int:
         return math.ceil(len(self.data) / self.batch_size)
@@ -189,9 +214,12 @@ class BatchStream:
         x = self.data.x[index]
         return (pad_crop_flip(x, gen) if self.augment else x), self.data.y[index]
 
-    def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """This rank's block (x, y) of each global batch, with the global batch's size."""
         for start in range(0, len(self.data), self.batch_size):
-            yield self._take(self.order[start:start + self.batch_size], self.train_aug)
+            batch = self.order[start:start + self.batch_size]
+            block = self.group.shard(len(batch))
+            yield *self._take(batch[block.start:block.stop], self.train_aug), len(batch)
 
     def aux_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next |B^a| samples of a seeded permutation (a fresh one when it runs out)."""
@@ -203,18 +231,26 @@ class BatchStream:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ArrayDataset, batch_size: int, amp: Optional[str] = None) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy (in [0, 1]) of ``model`` in eval mode on ``data``."""
+def evaluate(model: nn.Module, data: ArrayDataset, batch_size: int, amp: Optional[str] = None,
+             group: Group = Group()) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (in [0, 1]) of ``model`` in eval mode on ``data``;
+    with a distributed ``group``, each rank evaluates its block of ``data`` and the sums are
+    all-reduced (every rank returns the same numbers)."""
     was_training = model.training
     model.eval()
+    block = group.shard(len(data))
+    part = ArrayDataset(*(t[block.start:block.stop] for t in (data.x, data.y, data.clean_y)))
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.y.device)
     correct = torch.zeros((), dtype=torch.long, device=data.y.device)
-    for x, y in fixed_batches(data, batch_size):
+    for x, y in fixed_batches(part, batch_size):
         with _autocast(amp, x.device):
             out = model(x)
         loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
+    if group.distributed:
+        distributed.all_reduce_sum(loss_sum)
+        distributed.all_reduce_sum(correct)
     return loss_sum.item() / len(data), correct.item() / len(data)
 
 
@@ -226,14 +262,21 @@ def _autocast(amp: Optional[str], device: torch.device) -> Any:
 
 class Run:
     """One training run: model, optimizer, scheduler and history, checkpointed per epoch.
-    ``config`` is the resolved copy (:meth:`TrainConfig.resolved`) of the one given."""
+    ``config`` is the resolved copy (:meth:`TrainConfig.resolved`) of the one given. Under
+    several ranks (:func:`distributed.current`) ``net`` is ``model`` in DistributedDataParallel
+    (the train passes and the optimizer use it), else ``model`` itself."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device,
                  data: Optional[DataSplits] = None) -> None:
         config.validate()
         config = config.resolved()
+        device = distributed.local_device(device)  # under torchrun a bare cuda is this rank's GPU
         self.config, self.run_dir, self.device = config, Path(run_dir), device
         self.data = data or load_data(config.data, device)
+        self.group = distributed.current()
+        check_world(config.batch_size, config.aux_batch_size, len(self.data.train),
+                    {"track_cosine_every": config.track_cosine_every,
+                     "track_sharpness_every": config.track_sharpness_every}, self.group)
         torch.manual_seed(config.seed)
         self.spec = ModelSpec(config.arch, self.data.num_classes, self.data.in_channels,
                               self.data.image_size, dict(config.arch_kwargs))
@@ -241,9 +284,10 @@ class Run:
         check_model_takes(self.model, self.data.train.x, self.data.train.y, f"--arch {config.arch}",
                           "choose an --arch for such inputs (torchvision models: --arch-kwargs "
                           "'{\"small_input\": true}')")
+        self.net = wrap(self.model, device, self.group)
         self.optimizer = optim.create(config.optimizer, self.model.parameters(), base=config.base,
                                       lr=config.lr, momentum=config.momentum,
-                                      weight_decay=config.weight_decay, model=self.model,
+                                      weight_decay=config.weight_decay, model=self.net,
                                       amp=config.amp, **config.hyper)
         self.schedule = schedule_settings(config, math.ceil(len(self.data.train) / config.batch_size))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -270,10 +314,14 @@ class Run:
         variant's ``name`` and every hyper-parameter (``hyper``), ``aux_batch_size`` (|B^a|, None
         without an auxiliary batch), the ``base`` optimizer's settings
         (:meth:`~alignsam_diag.optim.SharpnessAware.base_settings`) and the LR ``schedule`` with
-        its warm-up (:func:`schedule_settings`)."""
+        its warm-up (:func:`schedule_settings`); under several ranks also ``distributed``, how
+        the ranks that wrote the checkpoint split the global batches
+        (:func:`~alignsam_diag.train_distributed.record`)."""
+        spread = ({"distributed": record(self.config.batch_size, self.config.aux_batch_size, self.group)}
+                  if self.group.distributed else {})
         return {"name": self.config.optimizer, "hyper": dict(self.config.hyper),
                 "aux_batch_size": self.config.aux_batch_size, "base": self.optimizer.base_settings(),
-                "schedule": dict(self.schedule)}
+                "schedule": dict(self.schedule), **spread}
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue from ``ckpt``, a checkpoint written by this loop (a field it lacks raises
@@ -289,43 +337,51 @@ class Run:
             torch.cuda.set_rng_state_all(ckpt.rng["cuda"])
 
     def train_epoch(self, progress: Optional[ProgressFn]) -> tuple[float, float]:
-        """One epoch; returns the mean train loss and accuracy of the clean (unperturbed) passes."""
-        cfg, model = self.config, self.model
-        model.train()
-        stream = BatchStream(self.data.train, cfg, self.epoch, self.data.augment)
+        """One epoch; returns the mean train loss and accuracy of the clean (unperturbed) passes
+        (over all ranks: their sums are all-reduced)."""
+        cfg, net, world = self.config, self.net, self.group.world_size
+        net.train()
+        stream = BatchStream(self.data.train, cfg, self.epoch, self.data.augment, self.group)
+        reseed(epoch_seed(cfg.seed, self.epoch, 0, self.group.rank) ^ GLOBAL_RNG, self.group)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         seen, start, last_report = 0, time.perf_counter(), 0.0
-        for i, (x, y) in enumerate(stream.train_batches()):
+        for i, (x, y, total) in enumerate(stream.train_batches()):
             first: list[torch.Tensor] = []
             draw_aux = functools.cache(stream.aux_batch)  # one B^a per step, drawn on first use
 
             def closure(which: str = "train") -> torch.Tensor:
                 bx, by = (x, y) if which == "train" else draw_aux()
                 with _autocast(cfg.amp, bx.device):
-                    out = model(bx)
-                    loss = F.cross_entropy(out.float(), by)
+                    out = net(bx)
+                    loss = rank_loss(out.float(), by, total, world) if which == "train" else \
+                        F.cross_entropy(out.float(), by)
                 if which == "train" and not first:
-                    first.append(loss.detach())
+                    first.append(loss.detach().double() * (total / world))  # this rank's sum of losses
                     first.append((out.argmax(1) == by).sum())
                 loss.backward()
                 return loss
 
+            sync_buffers(self.model, self.group)
             self.tracking.step(self.step, closure, draw_aux)
             self.scheduler.step()
             self.step += 1
-            loss_sum += first[0].double() * len(y)
+            loss_sum += first[0]
             correct += first[1]
             seen += len(y)
             now = time.perf_counter()
             if now - last_report > 0.25 or i + 1 == len(stream):
                 last_report = now
                 loss_value = loss_sum.item() / seen
-                if not math.isfinite(loss_value):
+                if not math.isfinite(loss_value) and not self.group.distributed:  # ranks: checked together below
                     raise self.diverged(loss_value)
                 report(progress, "train", i + 1, len(stream), log=False, epoch=self.epoch + 1,
-                       loss=loss_value, acc=correct.item() / seen, img_per_s=seen / (now - start))
-        return loss_sum.item() / seen, correct.item() / seen
+                       loss=loss_value, acc=correct.item() / seen, img_per_s=world * seen / (now - start))
+        totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(seen)]))
+        loss_value = totals[0].item() / totals[2].item()
+        if not math.isfinite(loss_value):
+            raise self.diverged(loss_value)
+        return loss_value, totals[1].item() / totals[2].item()
 
     def diverged(self, loss: float) -> DivergedError:
         """The error for a loss that became ``loss`` (NaN/inf), saying whether a checkpoint is kept."""
@@ -338,24 +394,27 @@ class Run:
 
     def run(self, progress: Optional[ProgressFn] = None) -> TrainResult:
         cfg = self.config
-        while self.epoch < cfg.epochs:
-            start = time.perf_counter()
-            train_loss, train_acc = self.train_epoch(progress)
-            seconds = time.perf_counter() - start
-            test_loss, test_acc = evaluate(self.model, self.data.test, cfg.eval_batch_size, cfg.amp)
-            self.epoch += 1
-            row = {"epoch": self.epoch, "train_loss": train_loss, "train_acc": train_acc,
-                   "test_loss": test_loss, "test_acc": test_acc,
-                   "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds}
-            for k, v in row.items():
-                self.history[k].append(float(v))
-            report(progress, "epoch", self.epoch, cfg.epochs, log=True,
-                   **{k: v for k, v in row.items() if k != "epoch"}, **self.tracking.latest())
-            self.save()
+        with distributed.collectives(DOING):
+            while self.epoch < cfg.epochs:
+                start = time.perf_counter()
+                train_loss, train_acc = self.train_epoch(progress)
+                seconds = time.perf_counter() - start
+                sync_buffers(self.model, self.group)  # rank 0's running statistics, as the checkpoint holds them
+                test_loss, test_acc = evaluate(self.model, self.data.test, cfg.eval_batch_size, cfg.amp, self.group)
+                self.epoch += 1
+                row = {"epoch": self.epoch, "train_loss": train_loss, "train_acc": train_acc,
+                       "test_loss": test_loss, "test_acc": test_acc,
+                       "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds}
+                for k, v in row.items():
+                    self.history[k].append(float(v))
+                report(progress, "epoch", self.epoch, cfg.epochs, log=True,
+                       **{k: v for k, v in row.items() if k != "epoch"}, **self.tracking.latest())
+                main_rank_only(self.save)
         return TrainResult({k: v[-1] for k, v in self.history.items() if v}, self.history, self.run_dir)
 
     def save(self) -> None:
-        """Write the epoch's checkpoints and history; a full disk says how to continue the run."""
+        """Write the epoch's checkpoints and history (rank 0's job: :meth:`run` calls it there
+        only); a full disk says how to continue the run."""
         checkpoint = self.checkpoint()
         try:
             if self.config.save_every and self.epoch % self.config.save_every == 0:
@@ -418,9 +477,12 @@ def train(config: TrainConfig, run_dir: str | Path, device: str | torch.device =
     work. A NaN/inf loss raises :class:`DivergedError` and leaves the last good checkpoint in place.
     """
     run_dir = Path(run_dir)
-    with output_lock(run_dir, folder=True):
+
+    def refuse_a_run() -> None:
         if (run_dir / "last.pt").exists():
             raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out.")
+
+    with main_rank_folder(run_dir, refuse_a_run):
         return Run(config, run_dir, torch.device(device)).run(progress)
 
 
@@ -436,7 +498,8 @@ def resume(run_dir: str | Path, device: str | torch.device = "cpu", *, epochs: O
     """
     run_dir = Path(run_dir)
     last = run_dir / "last.pt"
-    with output_lock(run_dir, folder=True):
+
+    def resumable() -> tuple[Checkpoint, TrainConfig]:
         if not last.exists():
             raise UserError(f"--resume: no {last}; start the run without --resume.")
         ckpt, config = _read_run(last)
@@ -451,6 +514,9 @@ def resume(run_dir: str | Path, device: str | torch.device = "cpu", *, epochs: O
                                 "--resume can only extend it (or leave --epochs out).")
             config.epochs = epochs
         config.data.download = download
+        return ckpt, config
+
+    with main_rank_folder(run_dir, resumable) as (ckpt, config):
         run = Run(config, run_dir, torch.device(device))
         try:
             run.restore(ckpt)

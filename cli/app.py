@@ -21,7 +21,7 @@ from . import landscape as landscape_cmd
 from . import robustness as robustness_cmd
 from . import sharpness as sharpness_cmd
 from . import sweep as sweep_cmd
-from .common import debug_mode, handle_errors
+from .common import debug_mode, dist_timeout, handle_errors, scaled_out, single_process
 
 COMMANDS: dict[str, Callable[..., Any]] = {
     "train": train.train,
@@ -34,12 +34,14 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "sharpness": sharpness_cmd.sharpness,
     "demo": demo_cmd.demo,
 }
+#: The commands that run unchanged under ``torchrun`` (the others refuse there).
+SCALED_OUT = ("train", "eigs", "landscape", "robustness", "cosine")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train with SGD or any SAM-family optimizer (Align-SAM included) and run the "
                        "Align-SAM paper's diagnostics. Every command has --help.")
 for _name, _command in COMMANDS.items():
-    app.command(_name)(handle_errors(_command))
+    app.command(_name)(handle_errors(scaled_out(_command) if _name in SCALED_OUT else single_process(_command, _name)))
 app.add_typer(figures.app, name="figures")
 
 
@@ -52,8 +54,12 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                      help="Print the version and exit.")) -> None:
+                                      help="Print the version and exit."),
+         timeout: float = typer.Option(600.0, "--dist-timeout", metavar="SECONDS",
+                                       help="Under torchrun: how long a rank waits for the others before the "
+                                            "job stops with an error (a rank died or hangs).")) -> None:
     debug_mode["on"] = debug
+    dist_timeout["s"] = timeout
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import signal
 import sys
@@ -30,6 +31,21 @@ if TYPE_CHECKING:
     from alignsam_diag.inputs import AnalysisInputs
 
 debug_mode = {"on": False}  # set by the root callback's --debug
+dist_timeout = {"s": 600.0}  # set by the root callback's --dist-timeout
+
+
+def rank_label() -> str:
+    """``"rank 1 of 2: "`` in a process torchrun started as one of several, else ``""`` (read from
+    the environment torchrun sets, so it needs no torch import)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"rank {os.environ.get('RANK', '0')} of {world}: " if world > 1 else ""
+
+
+def is_main_rank() -> bool:
+    """Whether this process prints: always alone, rank 0 only under torchrun."""
+    return rank_label() == "" or rank_label().startswith("rank 0 ")
 
 #: Library parameter names whose flag is not ``--`` + the name with ``-`` for ``_``: the trace and
 #: density functions' own arguments, which ``eigs`` prefixes, and the spectrum options' ``trace``
@@ -68,7 +84,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as err:
             if debug_mode["on"]:
                 raise
-            sys.stderr.write(f"error: {message(err)}\n")
+            text = message(err)  # a rank's own errors (distributed.PeerLost) already say which rank
+            sys.stderr.write(f"error: {'' if text.startswith(rank_label()) else rank_label()}{text}\n")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             sys.stderr.write("interrupted; finished work is saved — rerun the same command to continue.\n")
@@ -76,7 +93,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as err:  # a bug, not a user mistake
             if debug_mode["on"]:
                 raise
-            sys.stderr.write(f"internal error: {type(err).__name__}: {err}. Rerun with --debug for the "
+            sys.stderr.write(f"internal error: {rank_label()}{type(err).__name__}: {err}. Rerun with --debug for the "
                              "traceback and please report it.\n")
             raise typer.Exit(1) from None
     return run
@@ -119,8 +136,11 @@ Checkpoints = Annotated[list[Path], typer.Argument(help="Checkpoint files (ours 
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without one is an error."""
+    """``auto`` picks CUDA when available; asking for CUDA without one is an error. Under torchrun
+    a bare ``cuda`` is this rank's GPU, ``cuda:LOCAL_RANK``."""
     import torch
+
+    from alignsam_diag.distributed import local_device
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -128,7 +148,38 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"--device {name}: choose cpu, cuda or auto.")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu.")
-    return torch.device(name)
+    return local_device(torch.device(name))
+
+
+def scaled_out(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A command that also runs under ``torchrun``: as one of several processes it joins the
+    process group first (on the backend its ``device`` option needs, collectives bounded by
+    ``--dist-timeout``), prints only on rank 0, and leaves the group at the end. Alone it runs
+    as it is."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if not rank_label():
+            return command(*args, **kwargs)
+        from alignsam_diag import distributed
+
+        distributed.join(resolve_device(kwargs.get("device", "auto")), dist_timeout["s"])
+        try:
+            with contextlib.redirect_stdout(io.StringIO()) if not is_main_rank() else contextlib.nullcontext():
+                return command(*args, **kwargs)
+        finally:
+            distributed.leave()
+    return run
+
+
+def single_process(command: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """A command that runs in one process only: under torchrun it refuses in one line."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if rank_label():
+            raise UserError(f"`{name}` runs in one process; start it without torchrun (train, eigs, landscape, "
+                            "robustness and cosine scale out).")
+        return command(*args, **kwargs)
+    return run
 
 
 def parse_json_object(text: Optional[str], option: str) -> dict[str, Any]:
@@ -219,8 +270,8 @@ def progress_lines(stream: TextIO) -> Iterator[ProgressFn]:
 def progress_display(quiet: bool = False) -> Iterator[ProgressFn]:
     """The progress callback for a long command: a live Rich bar when stderr is a terminal, plain
     lines (:func:`progress_lines`) when it is not (a batch job's log, ``nohup``), nothing with
-    ``quiet``."""
-    if quiet:
+    ``quiet`` or on a rank other than 0 under torchrun."""
+    if quiet or not is_main_rank():
         yield lambda update: None
     elif sys.stderr.isatty():
         with progress_bar() as update:

@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from alignsam_diag.files import output_lock
-
 from .common import (Arch, ArchKwargs, DataRoot, Dataset, Device, Json, NumClasses, Quiet, Trust,
                      load_analysis_inputs, print_json, progress_display, resolve_device)
 
@@ -87,13 +85,14 @@ def cosine(
     cosine_a the same after it, and change = (cosine_a − cosine_b)/cosine_a, at every checkpoint,
     printed as mean ± std over --pairs seeded pairs of training batches."""
     from alignsam_diag.analysis.alignment import CosineOptions, analyse_checkpoint, checkpoint_files
+    from alignsam_diag.distributed import main_rank_lock
 
     options = CosineOptions(pairs, seed, optimizer, rho, lam, lr, batch_size, aux_batch_size)
     options.validate()
     files = [f for path in paths for f in checkpoint_files(path)]
     target = resolve_device(device)
     records = []
-    with contextlib.nullcontext() if out is None else output_lock(out), progress_display(quiet) as progress:
+    with contextlib.nullcontext() if out is None else main_rank_lock(out), progress_display(quiet) as progress:
         for checkpoint in files:
             inputs = load_analysis_inputs(checkpoint, dataset=dataset, data_root=data_root, arch=arch,
                                           arch_kwargs=arch_kwargs, num_classes=num_classes, trust=trust_checkpoint,

@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from alignsam_diag.errors import UserError
-from alignsam_diag.files import output_lock
 
 from .common import (Arch, ArchKwargs, BatchSize, Checkpoints, DataRoot, Dataset, Device, Full, Json, NumClasses,
-                     Quiet, Samples, Seed, Split, Trust, load_analysis_inputs, print_json, progress_display,
-                     resolve_device)
+                     Quiet, Samples, Seed, Split, Trust, is_main_rank, load_analysis_inputs, print_json,
+                     progress_display, resolve_device)
 
 if TYPE_CHECKING:
     from alignsam_diag.analysis.curvature import GraphPlan
@@ -101,7 +100,10 @@ def eigs(
     quiet: Quiet = False,
 ) -> None:
     """Top-k Hessian eigenvalues of the mean loss on fixed samples (default: 4096 seeded training
-    samples), printed as the paper's Table 10 (λ1, λ1/λ2 … λ1/λk), one row per checkpoint."""
+    samples), printed as the paper's Table 10 (λ1, λ1/λ2 … λ1/λk), one row per checkpoint.
+    Under torchrun each rank computes the products on its share of the samples."""
+    from alignsam_diag import distributed
+    from alignsam_diag.distributed import main_rank_lock
     from alignsam_diag.analysis.spectrum import EigsOptions, analyse
 
     options = EigsOptions(k, which, tol, max_iter, seed, params, backend, save_vectors,
@@ -113,7 +115,8 @@ def eigs(
         raise UserError("--save-vectors and --density store their results: give --out FILE.h5.")
     target = resolve_device(device)
     records = []
-    with contextlib.nullcontext() if out is None else output_lock(out), progress_display(quiet) as progress:
+    lock = contextlib.nullcontext() if out is None else main_rank_lock(out)
+    with distributed.collectives("computing eigenvalues"), lock, progress_display(quiet) as progress:
         for checkpoint in checkpoints:
             inputs = load_analysis_inputs(checkpoint, dataset=dataset, data_root=data_root, arch=arch,
                                           arch_kwargs=arch_kwargs, num_classes=num_classes, trust=trust_checkpoint,
@@ -122,7 +125,7 @@ def eigs(
             data = {"split": split, "samples": len(inputs.data), "dataset": dataset or "from checkpoint"}
             records.append(analyse(checkpoint, inputs.checkpoint.model, inputs.batches, options, data, out,
                                    check_determinism, progress, inputs.checkpoint.optimizer,
-                                   on_plan=None if quiet else say_plan))
+                                   on_plan=None if quiet or not is_main_rank() else say_plan))
     if json_out:
         print_json([as_json(r) for r in records])
     else:

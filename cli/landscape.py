@@ -98,7 +98,8 @@ def landscape(
     quiet: Quiet = False,
 ) -> None:
     """Loss and accuracy on a grid around each checkpoint, along seeded filter-normalised random
-    directions shared by all checkpoints (Li et al. 2018); written to --out, resumable."""
+    directions shared by all checkpoints (Li et al. 2018); written to --out, resumable. Under
+    torchrun the grid cells are split across the ranks and rank 0 writes the file."""
     from alignsam_diag.analysis.directions import checkpoint_loader
     from alignsam_diag.analysis.landscape import LandscapeInputs, compute_landscapes
     from alignsam_diag.data import fixed_batches, sample_subset

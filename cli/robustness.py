@@ -13,7 +13,7 @@ from alignsam_diag.data.suite_types import PREPROCESS, SUITES, SuiteRequest, par
 from alignsam_diag.errors import UserError
 
 from .common import (Arch, ArchKwargs, BatchSize, Checkpoints, Dataset, Device, Json, NumClasses, Quiet, Trust,
-                     parse_json_object, print_json, progress_display, resolve_device)
+                     is_main_rank, parse_json_object, print_json, progress_display, resolve_device)
 
 if TYPE_CHECKING:
     from alignsam_diag.analysis.robustness import SuiteSummary
@@ -102,6 +102,7 @@ def robustness(
 ) -> None:
     """Top-1 and top-5 accuracy per (corruption, severity), their means, the clean accuracy, and
     ImageNet-C's mCE, printed as the paper's Table 6 (one row per checkpoint)."""
+    from alignsam_diag.distributed import on_main_rank
     from alignsam_diag.analysis.robustness import ModelSource, RobustnessOptions, evaluate_robustness, summaries
     from alignsam_diag.files import check_writable
     from alignsam_diag.plots.robustness_table import render_text, table6
@@ -116,12 +117,14 @@ def robustness(
     missing = [str(c) for c in checkpoints if not c.is_file()]
     if missing:
         raise UserError(f"no such checkpoint file: {', '.join(missing)}.")
-    check_writable(out)
+    on_main_rank(check_writable, out, what=f"checking {out}")
     source = ModelSource(arch=arch, num_classes=num_classes, trust=trust_checkpoint,
                          arch_kwargs=parse_json_object(arch_kwargs, "--arch-kwargs"))
     with progress_display(quiet) as progress:
         results = evaluate_robustness(out, [str(c) for c in checkpoints], requests, source=source, options=options,
                                       device=resolve_device(device), progress=progress)
+    if not is_main_rank():  # under torchrun rank 0 alone reads the file back and prints
+        return
     if json_out:
         print_json([as_json(r) for r in results])
         return

@@ -82,7 +82,8 @@ def train(
     base: Annotated[str, Opt("--base", help="Base optimizer of the SAM family: sgd | adamw.")] = "sgd",
     epochs: Annotated[int, Opt("--epochs", help="Epochs of the run; with --resume, a larger number extends it "
                                                 "(left out: the stored count).")] = 10,
-    batch_size: Annotated[int, Opt("--batch-size", help="Train batch size |B^t|.")] = 128,
+    batch_size: Annotated[int, Opt("--batch-size", help="Train batch size |B^t|; under torchrun the global batch "
+                                                        "of all N ranks (each takes |B^t|/N; N must divide it).")] = 128,
     lr: Annotated[float, Opt("--lr", help="Peak learning rate (cosine schedule to 0).")] = 0.1,
     momentum: Annotated[float, Opt("--momentum")] = 0.9,
     weight_decay: Annotated[float, Opt("--weight-decay")] = 5e-4,
@@ -90,7 +91,8 @@ def train(
                                          "cosine decay (at most half the run); without it runs at lr 0.1 (SAM's "
                                          "above all) start far above chance.")] = 1.0,
     aux_batch_size: Annotated[Optional[int], Opt("--aux-batch-size", help="|B^a| of the variants with an auxiliary "
-                                                 "batch (default |B^t|/4).", show_default=False)] = None,
+                                                 "batch (default |B^t|/4); under torchrun global, like --batch-size "
+                                                 "(each rank draws |B^a|/N).", show_default=False)] = None,
     augment: Annotated[Optional[bool], Opt("--augment/--no-augment", help="The paper's CIFAR augmentation (default: on for CIFAR).", show_default=False)] = None,
     label_noise: Annotated[float, Opt("--label-noise", help="Fraction of training labels flipped (symmetric).")] = 0.0,
     subset: Annotated[Optional[int], Opt("--subset", help="Train on a seeded subset of N samples.", show_default=False)] = None,
@@ -116,7 +118,8 @@ def train(
 ) -> None:
     """Train a model; write <out>/last.pt, epoch_NNN.pt and history.h5. One run at a time may write
     a run folder. The hyper-parameter flags a variant does not take are refused; its defaults are
-    in the README's optimizer table."""
+    in the README's optimizer table. Under torchrun --nproc_per_node N it trains data-parallel
+    (each rank perturbs with its own slice's gradient; only rank 0 writes)."""
     from alignsam_diag.data import DataSpec
     from alignsam_diag.train import TrainConfig
     from alignsam_diag.train import train as run_training

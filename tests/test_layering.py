@@ -24,9 +24,11 @@ ROOT = "alignsam_diag"
 LAYERS = [
     {"", "errors"},
     {"files", "memory", "progress", "registry"},
+    {"distributed"},  # torch.distributed for the commands that scale out; rank 0 alone locks and writes files
     {"landscape_types", "spectrum_types"},  # result and option types shared by the engines and the store
     {"data", "models", "optim", "store"},
     {"analysis", "inputs"},
+    {"train_distributed"},  # the training loop's pieces for several ranks
     {"train"},  # calls analysis.tracking every step
     {"plots", "sweep"},
     {"demo"},  # the main job: runs every stage

@@ -52,11 +52,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import optim
+from .. import distributed, optim
 from ..data import ArrayDataset
 from ..data.augment import pad_crop_flip
+from ..distributed import main_rank_lock, on_every_rank, on_main_rank
 from ..errors import OptionError, UserError
-from ..files import output_lock
 from ..models.checkpoint import LoadedCheckpoint
 from ..optim import OPTIMIZERS
 from ..optim.align import AlignSAM
@@ -353,33 +353,56 @@ def analyse_checkpoint(checkpoint: str | os.PathLike, loaded: LoadedCheckpoint, 
     optimizer untouched), for ``options.pairs`` seeded pairs drawn from ``data`` (the run's
     training samples). A record for the same checkpoint already in ``out`` with the same settings
     is returned as it is; with other settings it is a :class:`UserError`; a new one is written there.
-    ``progress`` gets task ``"cosine"`` after each pair."""
+    ``progress`` gets task ``"cosine"`` after each pair.
+
+    Under several processes rank r measures its block of the pair indices (:meth:`Group.shard
+    <alignsam_diag.distributed.Group.shard>`), each pair exactly as one process does (the same
+    draw and seed), and every rank gets all the rows in index order; rank 0 alone locks, reads
+    and writes ``out``."""
     options.validate()
     optimizer = step_optimizer(loaded, options)
     settings = measurement_settings(loaded, optimizer, options)
-    with contextlib.nullcontext() if out is None else output_lock(out):
-        found = read_records(out).get(str(checkpoint)) if out is not None and Path(out).exists() else None
+    with contextlib.nullcontext() if out is None else main_rank_lock(out):
+        found = None if out is None else on_main_rank(_stored_record, out, str(checkpoint), what=f"reading {out}")
         if found is not None:
             if found.settings != settings:
                 differ = sorted(k for k in {*found.settings, *settings} if found.settings.get(k) != settings.get(k))
                 raise UserError(f"{out} already holds results for {checkpoint} measured with other settings "
                                 f"({', '.join(differ)}); choose another --out or delete it.")
             return found
-        started, rows, passes = time.perf_counter(), [], 0
-        for index in range(options.pairs):
-            train, aux = draw_pair(data, settings["batch_size"], settings["aux_batch_size"], options.seed, index,
-                                   augment)
-            result = measure(loaded.model, optimizer, train, aux, settings["rho"], seed=options.seed + index)
-            rows.append(result.values())
-            passes = result.passes
-            report(progress, "cosine", index + 1, options.pairs, checkpoint=Path(checkpoint).name,
-                   cosine_b=result.cosine_b, cosine_a=result.cosine_a)
-        record = CosineRecord(str(checkpoint), settings, np.array(rows, dtype=np.float64), passes,
-                              time.perf_counter() - started, _number(loaded.meta.get("epoch")),
+        started = time.perf_counter()
+        mine = on_every_rank(_measure_pairs, loaded, optimizer, data, augment, options, settings,
+                             Path(checkpoint).name, progress, what=f"measuring {checkpoint}")
+        with distributed.collectives(f"gathering the pairs of {checkpoint}"):
+            shares = distributed.all_gather_objects(mine)
+        rows = [row for share in shares for row in share]
+        passes = next(result.passes for share in shares for result in share)
+        record = CosineRecord(str(checkpoint), settings, np.array([r.values() for r in rows], dtype=np.float64),
+                              passes, time.perf_counter() - started, _number(loaded.meta.get("epoch")),
                               _number(loaded.meta.get("step")), loaded.optimizer)
         if out is not None:
-            write_record(out, record)
+            on_main_rank(write_record, out, record, what=f"writing {out}")
     return record
+
+
+def _measure_pairs(loaded: LoadedCheckpoint, optimizer: optim.SharpnessAware, data: ArrayDataset, augment: bool,
+                   options: CosineOptions, settings: Mapping[str, Any], name: str,
+                   progress: Optional[ProgressFn]) -> list[Alignment]:
+    """This rank's block of the ``options.pairs`` measurements (all of them alone), in index order."""
+    indices = distributed.current().shard(options.pairs)
+    results = []
+    for done, index in enumerate(indices, 1):
+        train, aux = draw_pair(data, settings["batch_size"], settings["aux_batch_size"], options.seed, index, augment)
+        result = measure(loaded.model, optimizer, train, aux, settings["rho"], seed=options.seed + index)
+        results.append(result)
+        report(progress, "cosine", done, len(indices), checkpoint=name, cosine_b=result.cosine_b,
+               cosine_a=result.cosine_a)
+    return results
+
+
+def _stored_record(out: str | os.PathLike, checkpoint: str) -> Optional[CosineRecord]:
+    """The record of ``checkpoint`` in ``out`` (None: no file, or none for it)."""
+    return read_records(out).get(checkpoint) if Path(out).exists() else None
 
 
 def _stored_state(loaded: LoadedCheckpoint) -> Optional[dict[str, Any]]:

@@ -25,12 +25,21 @@ t = β − mean·s; for the operator's lifetime each BatchNorm layer computes it
 second derivatives are a few products, instead of through ``native_batch_norm``'s double
 backward (written for training mode and about a third of a product's time in a small CNN).
 Batches are used in the given order, with no augmentation.
+
+Under ``torchrun`` (``sharded=True``) every rank passes the same batches and keeps its
+contiguous block of their samples (:meth:`~alignsam_diag.distributed.Group.shard`), cut into
+batches of at most the largest given batch's size (:func:`shard_batches`); each batch keeps its
+weight n_b / N with N the samples of all ranks, and every product is summed over the ranks
+(``all_reduce_sum``), so each rank holds the same H v — the Hessian of the same mean loss, as
+BatchNorm in eval mode makes every sample's loss independent of the others. The algorithms that
+use the operator then run replicated, identically, on every rank.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
+import os
 import types
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -38,6 +47,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from .. import distributed
 from ..errors import OptionError, UserError
 from ..memory import Budget, budget_bytes, gib, require_memory
 from ..progress import ProgressFn, report
@@ -85,6 +95,25 @@ def select_parameters(model: nn.Module, patterns: str | Sequence[str] | None) ->
     return chosen
 
 
+def shard_batches(batches: Sequence[Batch], group: distributed.Group) -> list[Batch]:
+    """``group``'s rank's contiguous block of the samples of ``batches`` (the same on every rank),
+    in order, cut into batches of at most the largest given batch's size; empty when the rank
+    gets no sample. Alone: ``batches`` as they are."""
+    if not group.distributed:
+        return list(batches)
+    size = max(len(y) for _, y in batches)
+    mine, start, pieces = group.shard(sum(len(y) for _, y in batches)), 0, []
+    for x, y in batches:
+        low, high = max(mine.start - start, 0), min(mine.stop - start, len(y))
+        if low < high:
+            pieces.append((x[low:high], y[low:high]))
+        start += len(y)
+    if not pieces:
+        return []
+    x, y = (torch.cat(parts) for parts in zip(*pieces)) if len(pieces) > 1 else pieces[0]
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+
+
 @dataclass(frozen=True)
 class GraphPlan:
     """How a :class:`HessianOperator` makes its products, and why.
@@ -92,8 +121,10 @@ class GraphPlan:
     keep_graph: every batch's first-order graph is built once and kept ("kept-graph" mode: one
         backward per batch and product) rather than rebuilt for every product ("data-set" mode:
         a forward and two backwards per batch and product).
-    estimate_bytes: what the kept graphs of all samples hold (measured on batch 0, scaled).
-    budget_bytes: the memory allowed for them. forced: the mode was asked for, not chosen.
+    estimate_bytes: what the kept graphs of all samples hold (measured on batch 0, scaled); of a
+        sharded operator, the most that the ranks sharing one device's memory hold, over devices.
+    budget_bytes: the memory allowed for them (sharded: the smallest budget of any rank).
+    forced: the mode was asked for, not chosen.
     """
 
     keep_graph: bool
@@ -130,6 +161,10 @@ class HessianOperator:
         with one batch this is the classic "single-batch mode". :meth:`plan_graphs` sets it
         from a memory measurement instead.
     progress: optional callback, told after every batch of a data pass (task ``"hvp"``).
+    sharded: split the samples over the ranks of the ``torch.distributed`` job, every rank
+        passing the same ``batches`` (see the module docstring); every product, the memory plan
+        and the determinism check are then collectives, so all ranks must make them together.
+        Alone (or False) the operator uses ``batches`` as they are.
 
     Vectors are flat tensors of length P = ``shape[0]`` in the model's dtype and device;
     ``matvec`` and ``matmat`` accept any float dtype and return the operator's dtype.
@@ -137,18 +172,22 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch],
                  params: str | Sequence[str] | None = None, *, keep_graph: bool = False,
-                 progress: Optional[ProgressFn] = None) -> None:
+                 progress: Optional[ProgressFn] = None, sharded: bool = False) -> None:
         if not batches:
             raise UserError("the Hessian needs at least one batch of samples.")
         self.model = model
         self.loss_fn = loss_fn
-        self.batches = list(batches)
+        #: The job's ranks the samples are split over (rank 0 of 1: not split).
+        self.group = distributed.current() if sharded else distributed.Group()
+        #: This rank's batches (all of them alone).
+        self.batches = shard_batches(batches, self.group)
         self.keep_graph = keep_graph
         self.progress = progress
         selected = select_parameters(model, params)
         self.param_names = list(selected)
         self.params = list(selected.values())
-        self.num_samples = sum(len(y) for _, y in self.batches)
+        #: N, the samples of all ranks: batch b's loss is weighted by n_b / N.
+        self.num_samples = sum(len(y) for _, y in batches)
         self.num_products = 0
         self._training_flags = {m: m.training for m in model.modules()}
         model.eval()
@@ -185,7 +224,7 @@ class HessianOperator:
                 out[row] += self._second_backward(grads, piece)
             report(self.progress, "hvp", i + 1, len(self.batches), log=False)
         self.num_products += vectors.shape[0]
-        return out
+        return self._sum_over_ranks(out)
 
     # -- choosing the mode --------------------------------------------------------------------
     def plan_graphs(self, budget: Budget = None, keep_graph: Optional[bool] = None) -> GraphPlan:
@@ -193,7 +232,10 @@ class HessianOperator:
         :attr:`keep_graph`: as ``keep_graph`` forces, else whether the estimate fits in ``budget``
         (bytes, "8GiB", "50%" or None: see :func:`alignsam_diag.memory.budget_bytes`). Call it
         before the first product; batch 0's graph, built for the measurement, is kept if the
-        mode keeps graphs.
+        mode keeps graphs. Sharded, every rank measures its own block and all take the most
+        conservative choice: kept graphs only if the largest estimate fits in the smallest budget;
+        on the CPU the ranks of one host share its memory, so a rank's estimate counts once per
+        rank there (``LOCAL_WORLD_SIZE``).
 
         The estimate is the bytes of the tensors that batch 0's forward and first backward save
         for later backwards, each storage once, plus its gradient — the parameters, buffers and
@@ -202,15 +244,33 @@ class HessianOperator:
         cycle that Python cannot collect, so a caller that builds operators over and over (the
         training-time tracker) plans once and passes ``keep_graph`` to the later ones."""
         allowed = budget_bytes(budget, self.device)
-        grads, measured = self._measured_graph()
-        estimate = math.ceil(measured * self.num_samples / len(self.batches[0][1]))
+        grads, measured = self._measured_graph() if self.batches else ((), 0)
+        samples = sum(len(y) for _, y in self.batches)
+        own = math.ceil(measured * samples / len(self.batches[0][1])) if samples else 0
+        estimate, failure = own * self._ranks_sharing_memory(), None
         if keep_graph:  # forced: refused, before it allocates, when it cannot fit at all
-            require_memory(estimate, f"kept graphs of {self.num_samples:,} samples",
-                           "drop --keep-graph (graphs are then rebuilt per product) or use fewer --samples",
-                           self.device)
+            try:
+                require_memory(estimate, f"kept graphs of {samples:,} samples",
+                               "drop --keep-graph (graphs are then rebuilt per product) or use fewer --samples",
+                               self.device)
+            except UserError as err:
+                failure = err
+        if self.group.distributed:
+            distributed.agree(failure)
+            measures = distributed.all_gather_objects((estimate, allowed))
+            estimate, allowed = max(e for e, _ in measures), min(a for _, a in measures)
+        elif failure is not None:
+            raise failure
         self.keep_graph = estimate <= allowed if keep_graph is None else keep_graph
-        self._graphs = [grads] if self.keep_graph else None
+        self._graphs = [grads] if self.keep_graph and self.batches else None
         return GraphPlan(self.keep_graph, estimate, allowed, forced=keep_graph is not None)
+
+    def _ranks_sharing_memory(self) -> int:
+        """How many ranks keep their graphs in the memory this rank's go to: the ranks of this
+        host on the CPU (sharded under torchrun), else 1."""
+        if self.group.distributed and self.device.type == "cpu":
+            return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return 1
 
     def _measured_graph(self) -> tuple[tuple[torch.Tensor, ...], int]:
         """Batch 0's gradient with its graph, and the bytes that graph holds (see :meth:`plan_graphs`)."""
@@ -249,10 +309,12 @@ class HessianOperator:
     def check_determinism(self, seed: int = 0, rtol: Optional[float] = None) -> None:
         """Run two independent data passes (loss, gradient and one product each, graphs built
         afresh) and raise :class:`UserError` if they differ by more than ``rtol`` relative to
-        their size (default: 1e-4 in float32, 1e-10 in float64)."""
+        their size (default: 1e-4 in float32, 1e-10 in float64). Sharded, each pass is summed
+        over the ranks, so every rank compares the same numbers and all raise or none."""
         rtol = rtol if rtol is not None else (1e-10 if self.dtype == torch.float64 else 1e-4)
         probe = torch.randn(self.shape[0], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        first, second = (self._fresh_pass(self._split(probe.to(self.device, self.dtype))) for _ in range(2))
+        piece = self._split(probe.to(self.device, self.dtype))
+        first, second = ([self._sum_over_ranks(t) for t in self._fresh_pass(piece)] for _ in range(2))
         for what, a, b in zip(("loss", "gradient", "Hessian-vector product"), first, second):
             diff = float((a - b).abs().max()) / max(float(a.abs().max()), 1e-30)
             if diff > rtol:
@@ -262,6 +324,10 @@ class HessianOperator:
                     "forced on, random augmentation or noise in forward?); the Hessian is undefined.")
 
     # -- internals ---------------------------------------------------------------------------
+    def _sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the ranks (in place) when sharded, else as it is."""
+        return distributed.all_reduce_sum(tensor) if self.group.distributed else tensor
+
     def _split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """A flat (P,) vector as views shaped like the parameters."""
         sizes = [p.numel() for p in self.params]

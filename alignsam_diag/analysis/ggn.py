@@ -12,9 +12,9 @@ carrying tangents), the output-space product H_b (J v) (a double derivative of t
 C outputs only) and one vector-Jacobian product (a backward pass through the forward's graph):
 no second backward through the network. :class:`GaussNewtonOperator` has the interface and the
 machinery of :class:`.curvature.HessianOperator` — parameter scope, eval mode, BatchNorm in its
-affine form, batches weighted by size, progress, :meth:`~.curvature.HessianOperator.plan_graphs`
-and the determinism check — so Lanczos, the trace estimators and the spectral density run on it
-unchanged. What a "kept graph" holds here is a batch's forward graph (its outputs), kept for the
+affine form, batches weighted by size, the samples split over torchrun ranks (``sharded``),
+progress, :meth:`~.curvature.HessianOperator.plan_graphs` and the determinism check — so
+Lanczos, the trace estimators and the spectral density run on it unchanged. What a "kept graph" holds here is a batch's forward graph (its outputs), kept for the
 VJPs; without it the forward is rebuilt once per batch and data pass.
 """
 

@@ -19,10 +19,16 @@ between two checkpoints does: x = 1 carries the other checkpoint's); with ``bn_i
 instead re-estimated at every point. Afterwards — also
 after an exception or Ctrl-C — the model's parameters, buffers, modes and BatchNorm momenta
 are bit-identical to what they were.
+
+Under ``torchrun`` (:func:`compute_landscapes`, ``sharded`` :func:`evaluate_surface`) the
+missing cells are split across the ranks block by block and the values gathered to every rank
+after each round; rank 0 settles the directions and the points per pass (a timing) and alone
+locks and writes the file. The cells are computed exactly as alone, so the surface is the same.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -37,8 +43,9 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .. import distributed
+from ..distributed import main_rank_lock, on_every_rank, on_main_rank
 from ..errors import UserError
-from ..files import output_lock
 from ..landscape_types import LandscapeSpec, Surface, parse_directions
 from ..progress import ProgressFn, report
 from ..store.landscape import LandscapeFile, StoredSurface, group_names, read_landscape, write_landscape
@@ -206,7 +213,8 @@ def choose_points_per_pass(model: nn.Module, directions: Sequence[Direction], x:
 def evaluate_surface(model: nn.Module, directions: Sequence[Direction], surface: Surface, batches: Batches, *,
                      points_per_pass: int = 1, bn_inputs: Optional[Sequence[torch.Tensor]] = None,
                      progress: Optional[ProgressFn] = None, task: str = "landscape",
-                     on_block: Optional[Callable[[Surface], None]] = None, sync_every_s: float = 0.5) -> int:
+                     on_block: Optional[Callable[[Surface], None]] = None, sync_every_s: float = 0.5,
+                     sharded: bool = False) -> int:
     """Compute the cells of ``surface`` that are not done; returns how many were computed.
 
     Cells go in fixed blocks of ``points_per_pass`` consecutive flat indices, so a resumed run
@@ -216,7 +224,13 @@ def evaluate_surface(model: nn.Module, directions: Sequence[Direction], surface:
     the first block that ends ``sync_every_s`` seconds after the last recording (0: every
     block) and at the end; then ``progress`` gets the number of cells done and
     ``on_block(surface)`` is called. ``bn_inputs``: training inputs to re-estimate BatchNorm
-    statistics from at every point (in-place path only)."""
+    statistics from at every point (in-place path only).
+
+    ``sharded`` (under ``torchrun``; every rank passes the same arguments): the blocks with
+    missing cells are dealt out in rounds, block i of a round to rank i, and after every round
+    the values of all ranks are gathered and recorded on every rank (``on_block`` then runs on
+    every rank, together). A block's values do not depend on which rank evaluates it or on the
+    blocks before it, so the surface is the one a single process computes."""
     if len(directions) != surface.grid.dim:
         raise UserError(f"a {surface.grid.dim}-D surface needs {surface.grid.dim} directions, got {len(directions)}.")
     if bn_inputs and points_per_pass > 1:
@@ -224,14 +238,27 @@ def evaluate_surface(model: nn.Module, directions: Sequence[Direction], surface:
     if not batches:
         raise UserError("no samples to evaluate the landscape on.")
     first = next(model.parameters())
+    group = distributed.current() if sharded else distributed.Group()
     done = surface.done.reshape(-1)
+    size, step = surface.grid.size, points_per_pass
+    blocks = [b[~done[b]] for b in (np.arange(start, min(start + step, size)) for start in range(0, size, step))]
+    blocks = [b for b in blocks if len(b)]
+    mine = blocks[group.rank::group.world_size]
     pending: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]] = []
-    computed, last_record = 0, time.monotonic()
+    last_record = time.monotonic()
+
+    def gathered() -> tuple[np.ndarray, ...]:
+        """(cells, loss, acc) of the pending blocks of every rank, on the host (a rank with none
+        adds nothing); afterwards no block is pending."""
+        own = (np.concatenate([c for c, _, _ in pending]) if pending else np.zeros(0, np.int64),
+               *(torch.cat([r[i] for r in pending]).cpu().numpy() if pending else np.zeros(0) for i in (1, 2)))
+        pending.clear()
+        if not group.distributed:
+            return own
+        return tuple(np.concatenate(parts) for parts in zip(*distributed.all_gather_objects(own)))
 
     def record() -> None:
-        cells = np.concatenate([c for c, _, _ in pending])
-        loss, acc = (torch.cat([r[i] for r in pending]).cpu().numpy() for i in (1, 2))
-        pending.clear()
+        cells, loss, acc = gathered()
         surface.record(cells, loss, acc)
         report(progress, task, int(done.sum()), surface.grid.size, loss=float(loss[-1]), acc=float(acc[-1]))
         if on_block is not None:
@@ -249,19 +276,15 @@ def evaluate_surface(model: nn.Module, directions: Sequence[Direction], surface:
                 recompute_bn_statistics(model, bn_inputs)
             return _mean_loss_and_accuracy(lambda x: model(x).unsqueeze(0), batches, 1)
 
-        for start in range(0, surface.grid.size, points_per_pass):
-            block = np.arange(start, min(start + points_per_pass, surface.grid.size))
-            cells = block[~done[block]]
-            if len(cells) == 0:
-                continue
-            pending.append((cells, *evaluate(surface.grid.points(cells))))
-            computed += len(cells)
-            if time.monotonic() - last_record >= sync_every_s:
+        for round_ in range(-(-len(blocks) // group.world_size)):
+            if round_ < len(mine):
+                pending.append((mine[round_], *evaluate(surface.grid.points(mine[round_]))))
+            if group.distributed or time.monotonic() - last_record >= sync_every_s:
                 record()
                 last_record = time.monotonic()
         if pending:
             record()
-    return computed
+    return sum(len(b) for b in blocks)
 
 
 # ---- several checkpoints, one file, resumable ----------------------------------------------
@@ -342,10 +365,14 @@ def _open_or_create(path: Path, spec: LandscapeSpec, checkpoints: Sequence[str])
     return stored
 
 
-def _directions_for(stored: StoredSurface, inputs: LandscapeInputs, spec: LandscapeSpec,
-                    points_per_pass: Optional[int], path: Path) -> list[Direction]:
-    """The group's stored directions, or on first use new ones (stored with θ's fingerprint and
-    the points per pass, which a resumed run keeps)."""
+#: A group's settled directions: parameter names, (dim, P) float32 rows, θ's fingerprint, points per pass.
+DirectionsRecord = tuple[list[str], np.ndarray, str, int]
+
+
+def _settle_directions(stored: StoredSurface, inputs: LandscapeInputs, spec: LandscapeSpec,
+                       points_per_pass: Optional[int], path: Path) -> DirectionsRecord:
+    """The group's stored directions, checked against the model, or on first use new ones (with
+    θ's fingerprint and the points per pass, which a resumed run keeps); run by rank 0."""
     model, checksum = inputs.model, parameter_sha256(inputs.model)
     if stored.directions is not None:
         if stored.params_sha256 != checksum:
@@ -354,14 +381,24 @@ def _directions_for(stored: StoredSurface, inputs: LandscapeInputs, spec: Landsc
         if parse_directions(spec.directions)[0] == "interpolate" and buffers and buffers.keys().isdisjoint(stored.direction_names):
             raise UserError(f"{path} was started by an earlier version, which kept {stored.checkpoint}'s BatchNorm "
                             "statistics along the whole interpolation; choose another --out.")
-        return [split_flat(model, stored.direction_names, row, f"{path}: {stored.name}") for row in stored.directions]
+        return stored.direction_names, stored.directions, stored.params_sha256, stored.points_per_pass
     directions = directions_from_source(model, spec.directions, spec.dim, spec.seed, spec.norm, spec.ignore_biasbn,
                                         checkpoint=stored.checkpoint, group=stored.name, load_target=inputs.load_target)
-    stored.direction_names, stored.directions = stack(directions)
-    stored.params_sha256 = checksum
-    stored.points_per_pass = 1 if inputs.bn_inputs else (
+    names, rows = stack(directions)
+    chosen = 1 if inputs.bn_inputs else (
         points_per_pass or choose_points_per_pass(model, directions, inputs.batches[0][0]))
-    return directions
+    return names, rows, checksum, chosen
+
+
+def _directions_for(stored: StoredSurface, inputs: LandscapeInputs, spec: LandscapeSpec,
+                    points_per_pass: Optional[int], path: Path) -> list[Direction]:
+    """The group's directions, the same on every rank: settled by rank 0 (from the file or made
+    anew, :func:`_settle_directions`), recorded in ``stored`` on every rank, and read back from
+    the stored rows (float32, as made: the round trip is exact)."""
+    settled = on_main_rank(lambda: _settle_directions(stored, inputs, spec, points_per_pass, path))
+    stored.direction_names, stored.directions, stored.params_sha256, stored.points_per_pass = settled
+    return [split_flat(inputs.model, stored.direction_names, row, f"{path}: {stored.name}")
+            for row in stored.directions]
 
 
 def compute_landscapes(path: str | os.PathLike, spec: LandscapeSpec, checkpoints: Sequence[str],
@@ -375,34 +412,41 @@ def compute_landscapes(path: str | os.PathLike, spec: LandscapeSpec, checkpoints
     The file is rewritten after at most ``save_every_s`` seconds of work (0: after every block)
     and when the job ends, fails or is interrupted (Ctrl-C); nothing is written if no checkpoint
     got as far as its directions. The file is locked for the whole job (a second writer is refused;
-    see :func:`alignsam_diag.files.output_lock`)."""
-    spec.validate()
-    path = Path(path)
-    with output_lock(path):
-        return _compute_landscapes(path, spec, checkpoints, load, points_per_pass, progress, save_every_s)
+    see :func:`alignsam_diag.files.output_lock`).
+
+    Under ``torchrun`` every rank calls this with the same arguments: rank 0 alone locks, reads
+    and writes ``path``, settles the directions and the points per pass and hands them to the
+    others; the missing cells are split over the ranks (``sharded``
+    :func:`evaluate_surface`) and gathered to every rank, and rank 0 saves them as above."""
+    with distributed.collectives("computing the landscape"):
+        on_every_rank(spec.validate)
+        path = Path(path)
+        with main_rank_lock(path):
+            return _compute_landscapes(path, spec, checkpoints, load, points_per_pass, progress, save_every_s)
 
 
 def _compute_landscapes(path: Path, spec: LandscapeSpec, checkpoints: Sequence[str],
                         load: Callable[[str], LandscapeInputs], points_per_pass: Optional[int],
                         progress: Optional[ProgressFn], save_every_s: float) -> list[LandscapeResult]:
     """:func:`compute_landscapes` once ``path`` is locked."""
-    landscape = _open_or_create(path, spec, [str(c) for c in checkpoints])
-    saver = _Saver(path, landscape, save_every_s)
+    landscape = on_main_rank(lambda: _open_or_create(path, spec, [str(c) for c in checkpoints]))
+    saver = _Saver(path, landscape, save_every_s)  # used on rank 0 only
     results = []
     try:
         for stored in landscape.groups:
             computed = 0
             if not stored.surface.done.all():
-                inputs = load(stored.checkpoint)
+                inputs = on_every_rank(functools.partial(load, stored.checkpoint))
                 stored.optimizer = inputs.optimizer
                 directions = _directions_for(stored, inputs, spec, points_per_pass, path)
-                saver.save()
+                on_main_rank(saver.save)
                 computed = evaluate_surface(inputs.model, directions, stored.surface, inputs.batches,
                                             points_per_pass=stored.points_per_pass, bn_inputs=inputs.bn_inputs,
                                             progress=progress, task=f"landscape {stored.name}",
-                                            on_block=lambda _: saver.maybe_save(),
-                                            sync_every_s=min(0.5, save_every_s))
+                                            on_block=lambda _: on_main_rank(saver.maybe_save),
+                                            sync_every_s=min(0.5, save_every_s), sharded=True)
             results.append(LandscapeResult(stored.name, stored.checkpoint, stored.surface, computed))
     finally:
-        saver.save_if_started()
+        if distributed.current().is_main:
+            saver.save_if_started()
     return results

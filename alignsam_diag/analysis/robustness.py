@@ -11,27 +11,31 @@ their means, clean accuracy, and ImageNet-C's corruption errors with AlexNet nor
 
 :func:`evaluate_robustness` scores checkpoints on suites (:mod:`alignsam_diag.data.suites`) and
 stores every finished cell at once (:mod:`alignsam_diag.store.robustness`), so a rerun computes
-only the missing cells.
+only the missing cells; under ``torchrun`` the images of each cell are shared out among the ranks
+and the counts summed (:meth:`_Run._score`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed
 from ..data import DataSpec
 from ..data.robustness_constants import (ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS,
                                          IMAGENET_MEAN, IMAGENET_STD)
 from ..data.sources import load_source
 from ..data.suite_types import CLEAN, SEVERITIES, Batch, Cell, Normalisation, Suite, SuiteRequest
-from ..data.suites import open_suite, with_dataset
+from ..data.suites import CorruptSuite, open_suite, with_dataset
+from ..distributed import main_rank_lock, on_every_rank, on_main_rank
 from ..errors import OptionError, UserError
-from ..files import output_lock
 from ..models.checkpoint import LoadedCheckpoint, load_checkpoint
 from ..models.probe import check_model_takes
 from ..progress import ProgressFn, report
@@ -189,6 +193,14 @@ def score_cell(model: nn.Module, batches: Iterable[Batch], *, device: torch.devi
     return int(top1), int(top5), count
 
 
+def batch_block(n: int, batch_size: int, group: distributed.Group) -> range:
+    """This rank's images of a cell of ``n``: those of its contiguous block (:meth:`Group.shard
+    <alignsam_diag.distributed.Group.shard>`) of the ⌈n / batch_size⌉ batches one process makes,
+    so every batch a rank scores is one of one process's batches (all of ``range(n)`` alone)."""
+    batches = group.shard(-(-n // batch_size))
+    return range(min(n, batches.start * batch_size), min(n, batches.stop * batch_size))
+
+
 @dataclass(kw_only=True)
 class RobustnessOptions:
     """batch_size: images per forward; workers: processes that decode images / generate
@@ -279,7 +291,8 @@ class _Run:
     def __init__(self, out: Path, source: ModelSource, options: RobustnessOptions, device: torch.device,
                  progress: Optional[ProgressFn]) -> None:
         self.out, self.source, self.options, self.device, self.progress = out, source, options, device, progress
-        self.records = read_records(out) if out.exists() else []
+        self.records: list[SuiteRecord] = on_main_rank(lambda: read_records(out) if out.exists() else [],
+                                                       what=f"reading {out}")
         self.suites: dict[SuiteRequest, Suite] = {}
         self.models: dict[tuple[str, Optional[int], Optional[int]], LoadedCheckpoint] = {}
 
@@ -320,6 +333,22 @@ class _Run:
 
     def evaluate(self, checkpoint: str, label: str, request: SuiteRequest) -> SuiteSummary:
         """Score ``checkpoint`` on ``request``'s suite: only its cells missing from the file."""
+        suite, model, normalisation, record = on_every_rank(self._open, checkpoint, request,
+                                                            what=f"opening {request.name} for {checkpoint}")
+        missing = [cell for cell in suite.cells if record.score(cell.corruption, cell.severity) is None]
+        if missing:
+            self._prepare(suite, missing)
+            indices = on_every_rank(self._check_model, model, suite, missing[0], normalisation, checkpoint,
+                                    what=f"checking {checkpoint} on {suite.key}")
+            self._score(record, suite, missing, model, normalisation, indices, f"{label} {suite.key}")
+        clean = next((r.score(CLEAN, 0) for r in self.records if r.checkpoint == checkpoint and r.suite == "imagenet"),
+                     None)
+        summary = summarise(record, clean, suite.cells)
+        summary.cells_computed = len(missing)
+        return summary
+
+    def _open(self, checkpoint: str, request: SuiteRequest) -> tuple[Suite, nn.Module, Normalisation, SuiteRecord]:
+        """The suite, the model in eval mode, its normalisation and the record its results go to."""
         if request.name == "corrupt" and request.dataset is None:
             stored = self.model(checkpoint, None, None).data
             if stored is None:
@@ -332,34 +361,54 @@ class _Run:
         model = loaded.model.eval()
         normalisation = resolve_normalisation(self.options.normalise, loaded, suite, checkpoint)
         settings = {**suite.settings, "normalisation": normalisation.as_dict(), "amp": self.options.amp}
-        record = self.record(checkpoint, suite, settings, parameter_sha256(model), loaded.optimizer)
-        missing = [cell for cell in suite.cells if record.score(cell.corruption, cell.severity) is None]
-        if missing:
-            suite.prepare(missing, self.options.workers, self.progress)
-            indices = self._check_model(model, suite, missing[0], normalisation, checkpoint)
-            self._score(record, suite, missing, model, normalisation, indices, f"{label} {suite.key}")
-        clean = next((r.score(CLEAN, 0) for r in self.records if r.checkpoint == checkpoint and r.suite == "imagenet"),
-                     None)
-        summary = summarise(record, clean, suite.cells)
-        summary.cells_computed = len(missing)
-        return summary
+        return suite, model, normalisation, self.record(checkpoint, suite, settings, parameter_sha256(model),
+                                                        loaded.optimizer)
+
+    def _prepare(self, suite: Suite, cells: list[Cell]) -> None:
+        """Make ``cells`` ready to read. Under several processes, for generated corruptions: rank 0
+        finds the cells missing from the cache, every rank corrupts its block of the images (each
+        image's seed is its own, so the blocks join into one process's images), rank 0 joins them
+        and writes the cache, and every rank reads the cache back. No rank waits on another's whole
+        generation: each collective waits only for the slowest rank's block of one cell."""
+        group = distributed.current()
+        if not group.distributed or not isinstance(suite, CorruptSuite):
+            on_every_rank(suite.prepare, cells, self.options.workers, self.progress, what=f"preparing {suite.key}")
+            return
+        todo = on_main_rank(suite.missing, cells, what=f"checking the corruption cache of {suite.key}")
+        block = group.shard(suite.size(Cell(CLEAN)))
+        with contextlib.closing(suite.corrupted(todo, block, self.options.workers, self.progress)) as shares:
+            for cell in todo:
+                _, share = on_every_rank(next, shares, what=f"corrupting {suite.key} {cell}")
+                with distributed.collectives(f"gathering the corrupted images of {suite.key} {cell}"):
+                    blocks = distributed.all_gather_objects(share)
+                on_main_rank(suite.store, cell, np.concatenate(blocks), what=f"caching {suite.key} {cell}")
+        on_every_rank(suite.load, cells, what=f"reading the corruption cache of {suite.key}")
 
     def _score(self, record: SuiteRecord, suite: Suite, cells: list[Cell], model: nn.Module,
                normalisation: Normalisation, indices: Optional[list[int]], task: str) -> None:
-        """Score ``cells`` one by one, each stored in the file as soon as it is finished."""
-        total, done = sum(suite.size(cell) for cell in cells), 0
+        """Score ``cells`` one by one, each stored in the file as soon as it is finished. Under
+        several processes each rank scores its block of each cell's batches (:func:`batch_block`)
+        and the counts are summed: the same batches as one process, so the same counts."""
+        group = distributed.current()
+        batch_size = self.options.batch_size
+        spans = {cell: batch_block(suite.size(cell), batch_size, group) for cell in cells}
+        total, done = sum(len(span) for span in spans.values()), 0
         for cell in cells:
             def seen(n: int, cell: Cell = cell) -> None:
                 nonlocal done
                 done += n
                 report(self.progress, task, done, total, cell=str(cell))
             start = time.perf_counter()
-            top1, top5, samples = score_cell(model, suite.batches(cell, self.options.batch_size, self.options.workers),
-                                             device=self.device, normalisation=normalisation, indices=indices,
-                                             amp=self.options.amp, on_batch=seen)
+            counts = on_every_rank(score_cell, model, suite.batches(cell, batch_size, self.options.workers, spans[cell]),
+                                   device=self.device, normalisation=normalisation, indices=indices,
+                                   amp=self.options.amp, on_batch=seen, what=f"scoring {task} {cell}")
+            summed = torch.tensor(counts, dtype=torch.int64, device=self.device)
+            with distributed.collectives(f"summing the scores of {task} {cell}"):
+                distributed.all_reduce_sum(summed)
+            top1, top5, samples = (int(v) for v in summed.tolist())
             record.cells.append(CellScore(cell.corruption, cell.severity, top1, top5, samples,
                                           time.perf_counter() - start))
-            write_records(self.out, self.records)
+            on_main_rank(write_records, self.out, self.records, what=f"writing {self.out}")
 
     def _check_model(self, model: nn.Module, suite: Suite, cell: Cell, normalisation: Normalisation,
                      name: str) -> Optional[list[int]]:
@@ -380,6 +429,9 @@ def evaluate_robustness(out: str | Path, checkpoints: Sequence[str], requests: S
                         progress: Optional[ProgressFn] = None) -> list[SuiteSummary]:
     """Score every checkpoint on every suite of ``requests``, cell by cell, into ``out`` (HDF5,
     :mod:`alignsam_diag.store.robustness`; locked for the call, rewritten after every cell).
+    Under several processes (``torchrun``) each rank scores its block of every cell's batches and
+    the counts are summed, so the results are one process's; rank 0 alone locks, reads and
+    writes ``out`` (and the corruption cache, see :meth:`_Run._prepare`).
 
     Cells already in ``out`` for the same checkpoint, suite and settings are not recomputed; other
     settings, or a checkpoint whose parameters changed, are a one-line :class:`UserError`. Progress
@@ -390,7 +442,7 @@ def evaluate_robustness(out: str | Path, checkpoints: Sequence[str], requests: S
     for request in requests:
         request.validate()
     out = Path(out)
-    with output_lock(out):
+    with main_rank_lock(out):
         run = _Run(out, source or ModelSource(), options, torch.device(device), progress)
         labels = group_names(checkpoints)
         return [run.evaluate(str(c), label, request) for c, label in zip(checkpoints, labels) for request in requests]

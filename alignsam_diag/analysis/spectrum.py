@@ -10,13 +10,22 @@ mixed). Products keep every batch's first-order graph when the measured estimate
 graphs fits in the memory budget (:meth:`.curvature.HessianOperator.plan_graphs`), whatever
 the number of samples; how they were made is stored with the results but is no option of
 them, so a rerun in another mode continues the same results.
+
+Under ``torchrun`` each rank applies the operator to its block of the samples and the products
+are summed over the ranks (``sharded`` :class:`.curvature.HessianOperator`), so every rank gets
+the same products; Lanczos, the trace estimate and the density then run replicated on every
+rank, from the same seeded start and probe vectors, and give every rank the same results. Rank
+0 alone locks and writes ``out``: it reads what an earlier run left there and hands it (the
+Lanczos state included) to the other ranks before any product, and every save ends with all
+ranks learning whether it worked (:mod:`.main_rank`). ``--backend pyhessian`` runs in one
+process only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -24,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
+from ..distributed import main_rank_lock, on_every_rank, on_main_rank
 from ..errors import OptionError, UserError
-from ..files import output_lock
 from ..memory import Budget, budget_bytes
 from ..progress import ProgressFn
 from ..store.spectrum import EigsRecord, eigenvectors_of, read_records, save_state, write_record
@@ -139,15 +149,30 @@ def analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[B
     data: how the samples were chosen (split, sample count, seed, data set); stored with the options.
     out: eigs HDF5 file; finished parts found there (made with the same options) are reused and
     every part is written there as soon as it is done. It is locked while the analysis runs (a
-    second writer is refused; see :func:`alignsam_diag.files.output_lock`).
+    second writer is refused; see :func:`alignsam_diag.files.output_lock`). Under ``torchrun``
+    every rank calls this with the same arguments (the same ``batches``: each uses its share);
+    rank 0 alone reads, locks and writes ``out``, and every rank returns the same record.
     optimizer: the optimizer name the checkpoint records, stored with a new record.
     on_plan: told how the products will be made, before the first one (not called when the
     file holds every part already); the plan is also the record's ``graphs``.
     """
     options.validate()
-    with contextlib.nullcontext() if out is None else output_lock(out):
+    if distributed.current().distributed and options.backend == "pyhessian":
+        raise OptionError("backend", options.backend, "PyHessian runs in one process; start it without torchrun.")
+    lock = contextlib.nullcontext() if out is None else main_rank_lock(out)
+    with distributed.collectives("computing eigenvalues"), lock:
         return _analyse(checkpoint, model, batches, options, data, out, check_determinism, progress, optimizer,
                         on_plan)
+
+
+def _stored_record(out: Optional[str | os.PathLike], checkpoint: str | os.PathLike) -> Optional[EigsRecord]:
+    """What ``out`` holds for ``checkpoint`` (a Lanczos state on the CPU), None if nothing."""
+    if out is None or not Path(out).exists():
+        return None
+    found = read_records(out).get(str(checkpoint))
+    if found is not None:
+        found.options = {"curvature": "hessian", **found.options}  # files from before --curvature hold Hessians
+    return found
 
 
 def _analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[Batch], options: EigsOptions,
@@ -157,27 +182,28 @@ def _analyse(checkpoint: str | os.PathLike, model: nn.Module, batches: Sequence[
     """:func:`analyse` once ``out`` (if any) is locked."""
     wanted = {**options.stored(), **data}
     device = next(model.parameters()).device  # where a saved Lanczos basis goes
-    found = read_records(out, device).get(str(checkpoint)) if out is not None and Path(out).exists() else None
-    if found is not None:
-        found.options = {"curvature": "hessian", **found.options}  # files from before --curvature hold Hessians
+    found = on_main_rank(lambda: _stored_record(out, checkpoint))
+    if found is not None and found.state is not None:
+        found.state = replace(found.state, basis=found.state.basis.to(device))
     if found is not None and found.options != wanted:
         raise UserError(f"{out} already holds results for {checkpoint} made with other settings "
                         f"({', '.join(_differences(found.options, wanted))}); choose another --out or delete it.")
-    with CURVATURES[options.curvature](model, F.cross_entropy, batches, options.params, progress=progress) as op:
+    with CURVATURES[options.curvature](model, F.cross_entropy, batches, options.params, progress=progress,
+                                       sharded=True) as op:
         record = found or EigsRecord(str(checkpoint), wanted, op.param_names, op.shape[0], optimizer=optimizer)
 
         def save_progress(state: LanczosState) -> None:
             record.state = state.saved()
-            save_state(out, record)
+            on_main_rank(lambda: save_state(out, record))
 
         def save() -> None:
             record.state = None
             if out is not None:
-                write_record(out, record)
+                on_main_rank(lambda: write_record(out, record))
 
         if check_determinism:
             op.check_determinism(seed=options.seed)
-        start = _lanczos_start(record, options, op, str(checkpoint))
+        start = on_every_rank(lambda: _lanczos_start(record, options, op, str(checkpoint)))
         if _needs_products(record, options):
             plan = op.plan_graphs(options.memory_budget, options.keep_graph)
             record.graphs = plan.as_dict()

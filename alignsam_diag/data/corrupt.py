@@ -38,7 +38,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -194,20 +194,23 @@ def _chunks(n: int, workers: int) -> list[tuple[int, int]]:
     return [(i, min(n, i + size)) for i in range(0, n, size)]
 
 
-def generate(cache: CorruptionCache, images: np.ndarray, cells: Sequence[tuple[str, int]], seed: int, *,
-             workers: int = 0, progress: Optional[ProgressFn] = None) -> int:
-    """Make the cache files of ``cells`` ((corruption, severity) pairs) missing from ``cache`` or
-    stale, from ``images`` (uint8 N×H×W×C, the test split). ``workers`` processes share the work
-    (0: this process); they are spawned, so they share no threads or CUDA state with the caller
-    (a script that calls this with workers must do so under ``if __name__ == "__main__":``).
-    Reports the images done as task ``corrupt``. Returns the cells made."""
-    todo = [(c, s) for c, s in cells if cache.load(c, s, seed, images.shape) is None]
-    if not todo:
-        return 0
+def corrupt_cells(images: np.ndarray, cells: Sequence[tuple[str, int]], seed: int, *, start: int = 0,
+                  workers: int = 0, progress: Optional[ProgressFn] = None) -> Iterator[tuple[str, int, np.ndarray]]:
+    """Each of ``cells`` ((corruption, severity) pairs) applied to ``images`` (uint8 N×H×W×C, whose
+    first is image ``start`` of the test split: each image keeps its own seed), yielded as
+    (corruption, severity, corrupted images) in the order of ``cells``, each as soon as it is done.
+    ``workers`` processes share the work (0: this process); they are spawned, so they share no
+    threads or CUDA state with the caller (a script that calls this with workers must do so under
+    ``if __name__ == "__main__":``). Reports the images done as task ``corrupt``."""
+    if not cells:
+        return
+    if not len(images):  # a share of no images: every cell, empty
+        yield from ((c, s, np.array(images[:0])) for c, s in cells)
+        return
     spans = _chunks(len(images), workers)
-    tasks = [(images[a:b], a, c, s, seed) for c, s in todo for a, b in spans]
-    total, done, parts = len(todo) * len(images), 0, []
-    report(progress, "corrupt", 0, total, cell=f"{todo[0][0]}/{todo[0][1]}")
+    tasks = [(images[a:b], start + a, c, s, seed) for c, s in cells for a, b in spans]
+    total, done, parts = len(cells) * len(images), 0, []
+    report(progress, "corrupt", 0, total, cell=f"{cells[0][0]}/{cells[0][1]}")
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 0 else None
     results = pool.map(_corrupt_chunk, tasks) if pool is not None else map(_corrupt_chunk, tasks)
     try:
@@ -216,7 +219,7 @@ def generate(cache: CorruptionCache, images: np.ndarray, cells: Sequence[tuple[s
             done += len(images_part)
             report(progress, "corrupt", done, total, cell=f"{corruption}/{severity}")
             if len(parts) == len(spans):
-                cache.save(corruption, severity, seed, np.concatenate(parts))
+                yield corruption, severity, np.concatenate(parts)
                 parts = []
     except BrokenProcessPool:
         raise UserError("the corruption worker processes stopped before finishing (killed, out of memory, or "
@@ -225,4 +228,3 @@ def generate(cache: CorruptionCache, images: np.ndarray, cells: Sequence[tuple[s
     finally:
         if pool is not None:  # after an error or an interrupt: drop the queued chunks, do not wait for them
             pool.shutdown(wait=False, cancel_futures=True)
-    return len(todo)

@@ -110,8 +110,10 @@ class FolderSuite(Suite):
     def size(self, cell: Cell) -> int:
         return len(self.files(cell)[0])
 
-    def batches(self, cell: Cell, batch_size: int, workers: int = 0) -> Iterator[Batch]:
+    def batches(self, cell: Cell, batch_size: int, workers: int = 0, span: Optional[range] = None) -> Iterator[Batch]:
         files, labels = self.files(cell)
+        if span is not None:
+            files, labels = files[span.start:span.stop], labels[span.start:span.stop]
         loader = torch.utils.data.DataLoader(ImageFiles(files, labels, self.preprocess), batch_size=batch_size,
                                              num_workers=workers, shuffle=False)
         try:

@@ -123,9 +123,10 @@ class Suite:
         """Images in ``cell``."""
         raise NotImplementedError
 
-    def batches(self, cell: Cell, batch_size: int, workers: int = 0) -> Iterator[Batch]:
+    def batches(self, cell: Cell, batch_size: int, workers: int = 0, span: Optional[range] = None) -> Iterator[Batch]:
         """``cell``'s images, in a fixed order, as (uint8 N×C×H×W, int64 N) batches; ``workers``
-        processes decode image files (0: this process)."""
+        processes decode image files (0: this process); ``span``: only the images of these
+        indices (contiguous, step 1; None: all), batched from its start."""
         raise NotImplementedError
 
     def output_indices(self, outputs: int, name: str) -> Optional[list[int]]:

@@ -40,7 +40,7 @@ import torch
 
 from ..errors import OptionError, UserError
 from ..progress import ProgressFn
-from .corrupt import METHOD, CorruptionCache, default_cache_dir, generate, library_version
+from .corrupt import METHOD, CorruptionCache, corrupt_cells, default_cache_dir, library_version
 from .robustness_constants import ALL_CORRUPTIONS
 from .sources import RawSplit, load_source
 from .suite_folders import open_folder_suite
@@ -83,8 +83,11 @@ class ArraySuite(Suite):
     def size(self, cell: Cell) -> int:
         return len(self.arrays[cell][1])
 
-    def batches(self, cell: Cell, batch_size: int, workers: int = 0) -> Iterator[Batch]:
-        return array_batches(*self.arrays[cell], batch_size)
+    def batches(self, cell: Cell, batch_size: int, workers: int = 0, span: Optional[range] = None) -> Iterator[Batch]:
+        x, y = self.arrays[cell]
+        if span is not None:
+            x, y = x[span.start:span.stop], y[span.start:span.stop]
+        return array_batches(x, y, batch_size)
 
 
 def _check_images(x: np.ndarray, where: str) -> None:
@@ -132,21 +135,55 @@ def open_cifar_c(request: SuiteRequest) -> ArraySuite:
 
 @dataclass
 class CorruptSuite(ArraySuite):
-    """A data set's test split and its corrupted copies (cached by :mod:`.corrupt`)."""
+    """A data set's test split and its corrupted copies (cached by :mod:`.corrupt`).
+
+    :meth:`prepare` is :meth:`missing`, :meth:`corrupted` and :meth:`store` of the missing cells,
+    then :meth:`load`; under several processes the analysis runs these steps itself, each rank
+    corrupting its block of the images and rank 0 alone writing the cache."""
 
     cache: CorruptionCache
     seed: int
     generated: int = 0  # cells the last :meth:`prepare` generated (0: all came from the cache)
 
     def prepare(self, cells: list[Cell], workers: int = 0, progress: Optional[ProgressFn] = None) -> None:
+        todo = self.missing(cells)
+        for cell, images in self.corrupted(todo, range(self.size(Cell(CLEAN))), workers, progress):
+            self.store(cell, images)
+        self.generated = len(todo)
+        self.load(cells)
+
+    def missing(self, cells: list[Cell]) -> list[Cell]:
+        """The corrupted cells of ``cells`` not yet read whose cache file is missing or stale."""
+        shape = self.arrays[Cell(CLEAN)][0].shape
+        return [c for c in cells if c.severity and c not in self.arrays
+                and self.cache.load(c.corruption, c.severity, self.seed, shape) is None]
+
+    def corrupted(self, cells: list[Cell], span: range, workers: int = 0,
+                  progress: Optional[ProgressFn] = None) -> Iterator[tuple[Cell, np.ndarray]]:
+        """Each cell's corruption of the clean images ``span`` (indices in the test split), as
+        uint8 len(span)×H×W×C, in the order of ``cells``, each as soon as it is done."""
+        clean_x = self.arrays[Cell(CLEAN)][0][span.start:span.stop]
+        for corruption, severity, images in corrupt_cells(clean_x, [(c.corruption, c.severity) for c in cells],
+                                                          self.seed, start=span.start, workers=workers,
+                                                          progress=progress):
+            yield Cell(corruption, severity), images
+
+    def store(self, cell: Cell, images: np.ndarray) -> None:
+        """Write ``cell``'s corrupted images (all of the test split's) to the cache."""
+        self.cache.save(cell.corruption, cell.severity, self.seed, images)
+
+    def load(self, cells: list[Cell]) -> None:
+        """Read the corrupted cells of ``cells`` from the cache (memory-mapped)."""
         clean_x, clean_y = self.arrays[Cell(CLEAN)]
-        todo = [(c.corruption, c.severity) for c in cells if c.severity and c not in self.arrays]
-        self.generated = generate(self.cache, clean_x, todo, self.seed, workers=workers, progress=progress)
-        for corruption, severity in todo:
-            images = self.cache.load(corruption, severity, self.seed, clean_x.shape)
+        for cell in cells:
+            if not cell.severity or cell in self.arrays:
+                continue
+            images = self.cache.load(cell.corruption, cell.severity, self.seed, clean_x.shape)
             if images is None:  # written a moment ago: only a concurrent change of the folder gets here
-                raise UserError(f"{self.cache.folder}: the corruption cache changed while in use; rerun.")
-            self.arrays[Cell(corruption, severity)] = images, clean_y
+                raise UserError(f"{self.cache.folder}: the cached {cell} is missing or changed (the folder changed "
+                                "while in use, or under torchrun a --cache-dir not every rank sees); rerun, with "
+                                "a --cache-dir on a file system shared by every rank.")
+            self.arrays[cell] = images, clean_y
 
 
 def open_corrupt(request: SuiteRequest) -> CorruptSuite:
