@@ -58,21 +58,13 @@ def run(nproc: int, threads: int, args: list[str]) -> float:
     return seconds
 
 
-def surface_values(path: Path) -> np.ndarray:
-    """Every stored train-loss value of a landscape file, concatenated."""
+def stored_values(path: Path, name: str) -> np.ndarray:
+    """Every dataset of an HDF5 file whose path ends with ``name``, flattened and concatenated
+    (a landscape file's ``train_loss`` surfaces, an eigs file's ``eigenvalues``)."""
     values = []
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, item: values.append(np.asarray(item).ravel())
-                     if isinstance(item, h5py.Dataset) and name.endswith("train_loss") else None)
-    return np.concatenate(values)
-
-
-def eigenvalues(path: Path) -> np.ndarray:
-    """Every stored eigenvalue of an eigs file, concatenated."""
-    values = []
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, item: values.append(np.asarray(item).ravel())
-                     if isinstance(item, h5py.Dataset) and name.endswith("eigenvalues") else None)
+        f.visititems(lambda key, item: values.append(np.asarray(item).ravel())
+                     if isinstance(item, h5py.Dataset) and key.endswith(name) else None)
     return np.concatenate(values)
 
 
@@ -118,10 +110,10 @@ def main() -> None:
                     seconds[work, name].append(run(nproc, threads, [str(a) for a in arguments(out)]))
                     outputs[work, name] = out
         single, scaled = "1 process", f"torchrun × {args.nproc}"
-        agreement = {"landscape": relative_difference(surface_values(outputs["landscape", scaled]),
-                                                      surface_values(outputs["landscape", single])),
-                     "eigs": relative_difference(eigenvalues(outputs["eigs", scaled]),
-                                                 eigenvalues(outputs["eigs", single]))}
+        stored = {"landscape": "train_loss", "eigs": "eigenvalues"}
+        agreement = {work: relative_difference(stored_values(outputs[work, scaled], name),
+                                               stored_values(outputs[work, single], name))
+                     for work, name in stored.items()}
     rows = [{"workload": w, "contender": c, "seconds": statistics.median(seconds[w, c]),
              "speed_up": statistics.median(seconds[w, single]) / statistics.median(seconds[w, c])}
             for w in workloads for c in contenders]
