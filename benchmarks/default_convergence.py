@@ -83,7 +83,8 @@ def main() -> None:
                 rows.append({"arch": arch, "dataset": name, "optimizer": optimizer,
                              "seconds": time.perf_counter() - start, **row})
                 table = markdown_table(
-                    ["model", "data", "optimizer", "epoch-1 train loss", "below chance", "final test acc %", "seconds"],
+                    ["model", "data", "optimizer", "epoch-1 train loss", "below chance",
+                     "epoch-1 test acc %" if args.first_epoch_only else "final test acc %", "seconds"],
                     [[r["arch"], r["dataset"], r["optimizer"], f"{r['first_loss']:.3f}",
                       "yes" if r["first_loss"] < CHANCE else "NO", f"{100 * r['test_acc']:.1f}", f"{r['seconds']:.0f}"]
                      for r in rows])

@@ -103,8 +103,8 @@ def eigs(
     samples), printed as the paper's Table 10 (λ1, λ1/λ2 … λ1/λk), one row per checkpoint.
     Under torchrun each rank computes the products on its share of the samples."""
     from alignsam_diag import distributed
-    from alignsam_diag.distributed import main_rank_lock
     from alignsam_diag.analysis.spectrum import EigsOptions, analyse
+    from alignsam_diag.distributed import main_rank_lock
 
     options = EigsOptions(k, which, tol, max_iter, seed, params, backend, save_vectors,
                           trace_method if trace else None, trace_probes, density, density_steps, density_runs,

@@ -102,8 +102,8 @@ def robustness(
 ) -> None:
     """Top-1 and top-5 accuracy per (corruption, severity), their means, the clean accuracy, and
     ImageNet-C's mCE, printed as the paper's Table 6 (one row per checkpoint)."""
-    from alignsam_diag.distributed import on_main_rank
     from alignsam_diag.analysis.robustness import ModelSource, RobustnessOptions, evaluate_robustness, summaries
+    from alignsam_diag.distributed import on_main_rank
     from alignsam_diag.files import check_writable
     from alignsam_diag.plots.robustness_table import render_text, table6
     from alignsam_diag.store.robustness import read_records
