@@ -199,3 +199,36 @@ def test_a_batch_size_the_ranks_do_not_divide_is_one_clear_error(tmp_path):
     ours = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert sorted(ours) == [f"error: rank {rank} of 2: {line.split(': ', 2)[2]}" for rank in (0, 1)]  # torchrun's report follows
     assert "internal error" not in done.stderr and not (tmp_path / "odd").exists()
+
+
+def _train_with_batchnorm(rank: int, folder: str) -> None:
+    from alignsam_diag.train import Run, TrainConfig
+
+    config = TrainConfig(data=DataSpec("digits", subset=256), arch="cnn-small", arch_kwargs={"width": 8},
+                         optimizer="sam", epochs=1, batch_size=64, seed=SEED)
+    run = Run(config, Path(folder) / "run", torch.device("cpu"))
+    result = run.run()
+    buffers = {name: b.clone() for name, b in run.model.named_buffers()}
+    torch.save({"buffers": buffers, "test_acc": result.metrics["test_acc"],
+                "test_loss": result.metrics["test_loss"]}, f"{folder}/rank{rank}.pt")
+
+
+def test_batchnorm_statistics_are_rank_0s_on_every_rank_and_the_sharded_evaluation_is_exact(tmp_path):
+    """cnn-small has BatchNorm: after SAM on 2 ranks every rank holds the same running statistics
+    (rank 0's, broadcast), the checkpoint holds them, and the epoch's test metrics — evaluated in
+    shards — equal a one-process evaluation of that checkpoint."""
+    from alignsam_diag.models.checkpoint import load_checkpoint
+    from alignsam_diag.train import evaluate
+
+    run_ranks(_train_with_batchnorm, tmp_path, str(tmp_path))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert any("running_mean" in name for name in ranks[0]["buffers"])
+    for name, value in ranks[0]["buffers"].items():
+        assert torch.equal(value, ranks[1]["buffers"][name]), name
+    stored = weights(tmp_path / "run")
+    for name, value in ranks[0]["buffers"].items():
+        assert torch.equal(stored[name], value), name
+    model = load_checkpoint(str(tmp_path / "run" / "last.pt")).model
+    loss, acc = evaluate(model, load_data(DataSpec("digits"), torch.device("cpu")).test, 1024)
+    assert acc == ranks[0]["test_acc"] == ranks[1]["test_acc"]
+    assert loss == pytest.approx(ranks[0]["test_loss"], rel=1e-6)
