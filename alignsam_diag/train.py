@@ -272,8 +272,11 @@ class Run:
         config = config.resolved()
         device = distributed.local_device(device)  # under torchrun a bare cuda is this rank's GPU
         self.config, self.run_dir, self.device = config, Path(run_dir), device
-        self.data = data or load_data(config.data, device)
         self.group = distributed.current()
+        if data is None and config.data.download and self.group.distributed:  # one download, by rank 0
+            distributed.on_main_rank(lambda: load_data(config.data, torch.device("cpu")) and None,
+                                     what="downloading the data set")
+        self.data = data or load_data(config.data, device)
         check_world(config.batch_size, config.aux_batch_size, len(self.data.train),
                     {"track_cosine_every": config.track_cosine_every,
                      "track_sharpness_every": config.track_sharpness_every}, self.group)
