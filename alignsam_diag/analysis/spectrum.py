@@ -17,8 +17,8 @@ the same products; Lanczos, the trace estimate and the density then run replicat
 rank, from the same seeded start and probe vectors, and give every rank the same results. Rank
 0 alone locks and writes ``out``: it reads what an earlier run left there and hands it (the
 Lanczos state included) to the other ranks before any product, and every save ends with all
-ranks learning whether it worked (:mod:`.main_rank`). ``--backend pyhessian`` runs in one
-process only.
+ranks learning whether it worked (:func:`~alignsam_diag.distributed.on_main_rank`).
+``--backend pyhessian`` runs in one process only.
 """
 
 from __future__ import annotations
