@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--fmnist-subset", type=int, default=5000)
     parser.add_argument("--models", default=",".join(MODELS.names()))
     parser.add_argument("--datasets", default="digits,fashion-mnist")
+    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument("--name", default="default-convergence", help="Result file stem.")
     parser.add_argument("--first-epoch-only", action="store_true",
                         help="stop each run after epoch 1 (of an --epochs schedule); its test accuracy is epoch 1's")
@@ -68,7 +69,7 @@ def main() -> None:
     rows: list[dict] = []
     for arch in args.models.split(","):
         for name, data in datasets.items():
-            for optimizer in OPTIMIZERS:
+            for optimizer in args.optimizers.split(","):
                 config = TrainConfig(data=data, arch=arch, optimizer=optimizer, epochs=args.epochs)
                 start = time.perf_counter()
                 with tempfile.TemporaryDirectory() as run:
