@@ -142,9 +142,9 @@ def collectives(what: str) -> Iterator[None]:
     try:
         yield
     except RuntimeError as err:
-        if not current().distributed or not _lost_peer(err):
-            raise
         group = current()
+        if not group.distributed or not _lost_peer(err):
+            raise
         raise PeerLost(
             f"{group.label()}lost contact with the other ranks while {what} (a rank died, or did not answer within "
             f"--dist-timeout {_settings['timeout_s']:g} s): {first_line(err)}. Finished work on disk is kept; "

@@ -56,7 +56,7 @@ from .models.checkpoint import Checkpoint, NewerFormatError, check_stored_arch
 from .models.probe import check_model_takes
 from .progress import ProgressFn, report
 from .store.history import COLUMNS, write_history
-from .train_distributed import (DOING, check_world, main_rank_folder, main_rank_only, rank_loss, record, reseed,
+from .train_distributed import (DOING, check_world, main_rank_folder, rank_loss, record, reseed,
                                 sync_buffers, wrap)
 
 
@@ -412,7 +412,7 @@ class Run:
                     self.history[k].append(float(v))
                 report(progress, "epoch", self.epoch, cfg.epochs, log=True,
                        **{k: v for k, v in row.items() if k != "epoch"}, **self.tracking.latest())
-                main_rank_only(self.save)
+                distributed.on_main_rank(self.save, what=DOING)
         return TrainResult({k: v[-1] for k, v in self.history.items() if v}, self.history, self.run_dir)
 
     def save(self) -> None:

@@ -16,7 +16,7 @@
   ``broadcast_buffers=True`` does before each forward (the optimizer's ``no_sync()`` passes
   would otherwise skip DDP's own broadcast).
 - Only rank 0 locks the run folder and writes files (:func:`main_rank_folder`,
-  :func:`main_rank_only`); its refusal stops every rank with the same message.
+  :func:`alignsam_diag.distributed.on_main_rank`); its refusal stops every rank with the same message.
 
 In one process (W = 1) every piece is the identity: results are those of a single process.
 """
@@ -113,12 +113,6 @@ def reseed(seed: int, group: Group) -> None:
     (the epoch's, keyed by rank), so that a resumed run replays each epoch; alone, nothing."""
     if group.distributed:
         torch.manual_seed(seed)
-
-
-def main_rank_only(work: Callable[[], None]) -> None:
-    """``work()`` on rank 0 only (writing files); if it fails, every rank raises (rank 0 its own
-    error, the others one line quoting it), so no rank waits for a partner that gave up."""
-    distributed.on_main_rank(work, what=DOING)
 
 
 @contextlib.contextmanager
